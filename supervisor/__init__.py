@@ -1,0 +1,1 @@
+"""The supervisor daemon: imports no user code and no torch."""

@@ -1,0 +1,197 @@
+"""Fixtures that start real `ferryman serve` processes on free loopback ports.
+
+Every process a test starts is killed at teardown, whatever the test did: the supervisor by
+SIGKILL (its children die with it: PDEATHSIG), and then any child still found in /proc by pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+APPS = Path(__file__).resolve().parent / "apps"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def alive(pid: int) -> bool:
+    """True while pid is a live process (zombies count as dead)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            out.append(int(entry))
+    return out
+
+
+def wait_for(pred: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
+    """Poll until pred() is truthy; fails the test with the last value if it never is."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s (last value: {last!r})")
+
+
+class Served:
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, admin_port: int, log: Path):
+        self.proc = proc
+        self.port = port
+        self.admin_port = admin_port
+        self.url = f"http://127.0.0.1:{port}"
+        self.admin = f"http://127.0.0.1:{admin_port}"
+        self.log_path = log
+        self.http = httpx.Client(base_url=self.url, timeout=30)
+        self.known_pids: set[int] = set()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def post(self, path: str = "/predict", json: Any = None, **kw: Any) -> httpx.Response:
+        return self.http.post(path, json=json, **kw)
+
+    def get(self, path: str, **kw: Any) -> httpx.Response:
+        return self.http.get(path, **kw)
+
+    def admin_call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        return httpx.request(method, self.admin + path, timeout=kw.pop("timeout", 60), **kw)
+
+    def status(self) -> dict[str, Any]:
+        st = self.admin_call("GET", "/v1/status").json()
+        for row in st["api_servers"] + st["workers"]:
+            if row["pid"]:
+                self.known_pids.add(row["pid"])
+        return st
+
+    def pids(self, role: str = "workers") -> list[int]:
+        return [r["pid"] for r in self.status()[role] if r["pid"]]
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"ferryman exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                return self.admin_call("GET", "/ready", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, timeout)
+        self.status()
+
+    def child_pids(self) -> list[int]:
+        return children_of(self.pid)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, sig)
+        return self.proc.wait(timeout)
+
+    def kill_all(self) -> None:
+        self.http.close()
+        pids = set(self.known_pids) | set(self.child_pids())
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
+    started: list[Served] = []
+
+    def start(
+        app: str,
+        *args: str,
+        wait: bool = True,
+        env: dict[str, str] | None = None,
+        api_servers: int = 2,
+        workers: int = 2,
+        cwd: Path | None = None,
+        timeout: float = 30.0,
+    ) -> Served:
+        port, admin_port = free_port(), free_port()
+        log = tmp_path / f"ferryman-{port}.log"
+        cmd = [
+            sys.executable,
+            "-m",
+            "ferryman",
+            "serve",
+            app,
+            "--port",
+            str(port),
+            "--admin-port",
+            str(admin_port),
+            "--api-servers",
+            str(api_servers),
+            "--workers-per-device",
+            str(workers),
+            "--accelerator",
+            "cpu",
+            *args,
+        ]
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        full_env.pop("NOTIFY_SOCKET", None)
+        with open(log, "wb") as f:
+            proc = subprocess.Popen(
+                cmd,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                env=full_env,
+                cwd=str(cwd or ROOT),
+                start_new_session=True,
+            )
+        s = Served(proc, port, admin_port, log)
+        started.append(s)
+        if wait:
+            s.wait_ready(timeout)
+        return s
+
+    yield start
+    for s in started:
+        s.kill_all()
+
+
+def app(name: str) -> str:
+    """`tests/apps/NAME.py:NAME` spelled for `ferryman serve`."""
+    module, _, cls = name.partition(":")
+    return f"{APPS / module}.py:{cls}"

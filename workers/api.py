@@ -1,0 +1,69 @@
+"""What a user subclasses: the LitServe-shaped API class, and the exception for a status."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+class HTTPException(Exception):
+    """Raise from user code for a clean error response: `raise HTTPException(422, "bad size")`.
+
+    Any exception with an integer `status_code` and a `detail` (FastAPI's and Starlette's
+    HTTPException, as LitServe users raise) is answered the same way.
+    """
+
+    def __init__(self, status_code: int, detail: Any = None) -> None:
+        super().__init__(detail)
+        self.status_code = int(status_code)
+        self.detail = detail
+
+
+class API:
+    """Subclass and override. One instance runs in each inference worker process.
+
+    setup(device)          once per worker; device is "cpu" or "cuda:0" (the worker sees one GPU)
+    decode_request(req)    req is the parsed JSON body; returns the model's input
+    batch(inputs)          only with max_batch_size > 1: a list of inputs -> one batched input
+    predict(x)             the model; a generator when streaming
+    unbatch(output)        only with max_batch_size > 1: batched output -> one output per request
+    encode_response(out)   returns something JSON-serialisable; a generator when streaming
+    """
+
+    def setup(self, device: str) -> None:
+        pass
+
+    def decode_request(self, request: Any) -> Any:
+        return request
+
+    def batch(self, inputs: list[Any]) -> Any:
+        return default_batch(inputs)
+
+    def predict(self, x: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must define predict(self, x)")
+
+    def unbatch(self, output: Any) -> list[Any]:
+        return list(output)
+
+    def encode_response(self, output: Any) -> Any:
+        return output
+
+
+def default_batch(inputs: Sequence[Any]) -> Any:
+    """Stack numpy arrays or torch tensors into one; anything else stays a list.
+
+    Looks at the type's module instead of importing numpy or torch, so a worker that never uses
+    them never pays for the import.
+    """
+    if not inputs:
+        return list(inputs)
+    module = type(inputs[0]).__module__.split(".")[0]
+    if module == "torch" and all(type(x).__module__.startswith("torch") for x in inputs):
+        import torch
+
+        return torch.stack(list(inputs))
+    if module == "numpy" and all(type(x).__module__.startswith("numpy") for x in inputs):
+        import numpy
+
+        return numpy.stack(list(inputs))
+    return list(inputs)

@@ -1,0 +1,282 @@
+"""The inference worker's loop: talk to every API process directly, batch, answer, heartbeat.
+
+Single-threaded on purpose: the heartbeat is sent from this loop, between batches, so a predict
+that hangs silences it and the supervisor replaces the worker.
+
+Per API process the worker holds a DEALER (requests in, READY/LEAVING out; its identity is the
+worker's name, so the API's ROUTER can address it) and a PUSH (answers out). The supervisor's
+Endpoints message says which API processes exist; the worker connects and disconnects to match.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections import deque
+from typing import Any
+
+import zmq
+from ferryman.workers.engine import Engine, Task
+
+from ferryman import protocol as p
+from ferryman.logs import kv
+
+log = logging.getLogger("ferryman.worker")
+
+HEARTBEAT_INTERVAL = 1.0
+LEAVE_ACK_TIMEOUT = 5.0
+
+
+class ApiLink:
+    __slots__ = ("acked", "dealer", "name", "push")
+
+    def __init__(self, name: str, dealer: zmq.Socket[bytes], push: zmq.Socket[bytes]) -> None:
+        self.name = name
+        self.dealer = dealer
+        self.push = push
+        self.acked = False
+
+
+class WorkerLoop:
+    def __init__(
+        self,
+        ctx: zmq.Context[zmq.Socket[bytes]],
+        control: zmq.Socket[bytes],
+        spec: p.ChildSpec,
+        api: Any,
+        metrics: Any = None,
+    ) -> None:
+        self.ctx = ctx
+        self.control = control
+        self.spec = spec
+        self.name = spec.name
+        self.ready_msg = p.encode(
+            p.WorkerReady(spec.name, spec.slot, os.getpid(), spec.physical_device)
+        )
+        self.links: dict[str, ApiLink] = {}
+        self.by_socket: dict[zmq.Socket[bytes], ApiLink] = {}
+        self.poller = zmq.Poller()
+        self.poller.register(control, zmq.POLLIN)
+        self.pending: deque[Task] = deque()
+        self.cancels: set[tuple[str, int]] = set()
+        self.engine = Engine(api, spec.options, self)
+        self.max_batch = self.engine.max_batch_size
+        self.batch_timeout = float(spec.options.get("batch_timeout", 0.0))  # type: ignore[arg-type]
+        self.metrics = metrics
+        self.served = 0
+        self.in_flight = 0
+        self.draining = False
+        self.drain_deadline = 0.0
+        self.next_heartbeat = 0.0
+        # SIGTERM must wake the poll at once: its handler only writes to this pipe.
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self.poller.register(self._wake_r, zmq.POLLIN)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        signal.set_wakeup_fd(self._wake_w)
+        signal.signal(signal.SIGTERM, lambda *_: None)  # acted on in the loop, via the wakeup fd
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+        self._set_apis(self.spec.apis)
+        self.control.send(p.encode(p.Ready()))
+        log.info("worker ready", extra=kv(device=self.spec.physical_device, worker=self.name))
+        while True:
+            now = time.monotonic()
+            if now >= self.next_heartbeat:
+                self._heartbeat(now)
+            if self.pending:
+                first = self.pending[0].t_recv
+                if len(self.pending) >= self.max_batch or now >= first + self.batch_timeout:
+                    self._run_batch()
+                    continue
+                timeout = min(first + self.batch_timeout, self.next_heartbeat) - now
+            else:
+                if self.draining and self._drained(now):
+                    break
+                timeout = self.next_heartbeat - now
+                if self.draining:
+                    timeout = min(timeout, 0.05)
+            self._poll(max(timeout, 0.0))
+        log.info("worker drained, exiting", extra=kv(served=self.served))
+        for link in list(self.links.values()):
+            self._close(link)
+
+    def _heartbeat(self, now: float) -> None:
+        self.next_heartbeat = now + HEARTBEAT_INTERVAL
+        try:
+            self.control.send(p.encode(p.Heartbeat(self.in_flight, self.served)), zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
+    def _start_drain(self) -> None:
+        if self.draining:
+            return
+        log.info("draining: no new work, finishing what is queued", extra=kv(worker=self.name))
+        self.draining = True
+        self.drain_deadline = time.monotonic() + LEAVE_ACK_TIMEOUT
+        leaving = p.encode(p.WorkerLeaving(self.name))
+        for link in self.links.values():
+            link.acked = False
+            link.dealer.send(leaving, zmq.NOBLOCK)
+
+    def _drained(self, now: float) -> bool:
+        """Every API process has stopped routing to us (or is gone), and nothing is queued."""
+        return all(link.acked for link in self.links.values()) or now > self.drain_deadline
+
+    # -- sockets -----------------------------------------------------------------------------------
+
+    def _poll(self, timeout: float) -> None:
+        for sock, _ in self.poller.poll(int(timeout * 1000.0 + 0.999)):
+            if sock is self.control:
+                self._drain_control()
+            elif sock == self._wake_r:
+                self._on_signal()
+            else:
+                link = self.by_socket.get(sock)
+                if link is not None:
+                    self._drain_link(link)
+
+    def _on_signal(self) -> None:
+        try:
+            data = os.read(self._wake_r, 64)
+        except BlockingIOError:
+            return
+        if signal.SIGTERM in data:
+            self._start_drain()
+
+    def _drain_link(self, link: ApiLink) -> None:
+        dealer = link.dealer
+        now = time.monotonic()
+        while True:
+            try:
+                frames = dealer.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            msg = p.to_worker(frames[0])
+            if type(msg) is p.Work:
+                self.in_flight += 1
+                self.pending.append(
+                    Task(
+                        link,
+                        msg.id,
+                        msg.route,
+                        msg.deadline,
+                        msg.headers,
+                        frames[1] if len(frames) > 1 else b"",
+                        now,
+                    )
+                )
+            elif type(msg) is p.Cancel:
+                self.cancels.add((link.name, msg.id))
+            elif type(msg) is p.LeaveAck:
+                link.acked = True
+
+    def _drain_control(self) -> None:
+        while True:
+            try:
+                raw = self.control.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            msg = p.from_supervisor(raw)
+            if isinstance(msg, p.Endpoints):
+                self._set_apis(msg.apis)
+            elif isinstance(msg, p.Drain):
+                self._start_drain()
+
+    def _set_apis(self, apis: list[p.ApiEndpoint]) -> None:
+        wanted = {a.name: a for a in apis}
+        for name in [n for n in self.links if n not in wanted]:
+            self._close(self.links[name])
+        for name, ep in wanted.items():
+            if name not in self.links:
+                self._connect(ep)
+
+    def _connect(self, ep: p.ApiEndpoint) -> None:
+        dealer = self.ctx.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.IDENTITY, self.name.encode())
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.setsockopt(zmq.RCVHWM, 0)
+        dealer.connect(ep.requests)
+        push = self.ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 1000)
+        push.setsockopt(zmq.SNDHWM, 0)
+        push.connect(ep.replies)
+        link = ApiLink(ep.name, dealer, push)
+        self.links[ep.name] = link
+        self.by_socket[dealer] = link
+        self.poller.register(dealer, zmq.POLLIN)
+        dealer.send(self.ready_msg)
+        if self.draining:
+            link.dealer.send(p.encode(p.WorkerLeaving(self.name)))
+        log.debug("connected to API process", extra=kv(api=ep.name))
+
+    def _close(self, link: ApiLink) -> None:
+        """The API process is gone: what it sent can no longer be answered."""
+        self.links.pop(link.name, None)
+        self.by_socket.pop(link.dealer, None)
+        self.poller.unregister(link.dealer)
+        link.dealer.close(0)
+        link.push.close(0)
+        link.acked = True
+        dropped = [t for t in self.pending if t.link is link]
+        if dropped:
+            self.pending = deque(t for t in self.pending if t.link is not link)
+            self.in_flight -= len(dropped)
+
+    # -- running work ------------------------------------------------------------------------------
+
+    def _run_batch(self) -> None:
+        n = min(self.max_batch, len(self.pending))
+        route = self.pending[0].route
+        batch: list[Task] = []
+        while self.pending and len(batch) < n and self.pending[0].route == route:
+            batch.append(self.pending.popleft())
+        if self.metrics is not None:
+            self.metrics.batch(len(batch))
+        self.engine.run(batch)
+
+    # -- Sink: what the engine calls ---------------------------------------------------------------
+
+    def start(
+        self,
+        task: Task,
+        status: int,
+        content_type: str,
+        body: bytes,
+        more: bool = False,
+        queue_s: float = 0.0,
+        predict_s: float = 0.0,
+        batch_size: int = 1,
+    ) -> None:
+        if not more:
+            self._done(task)
+        if task.link.name not in self.links:
+            return
+        header = p.encode(
+            p.Reply(task.id, status, content_type, more, queue_s, predict_s, batch_size)
+        )
+        task.link.push.send_multipart((header, body), copy=len(body) < 65536)
+        if self.metrics is not None and not more:
+            self.metrics.observe(queue_s, predict_s)
+
+    def chunk(self, task: Task, body: bytes, more: bool) -> None:
+        if not more:
+            self._done(task)
+        if task.link.name not in self.links:
+            return
+        task.link.push.send_multipart((p.encode(p.Chunk(task.id, more)), body))
+
+    def cancelled(self, task: Task, poll: bool = False) -> bool:
+        if poll:
+            self._poll(0)
+        return (task.link.name, task.id) in self.cancels or task.link.name not in self.links
+
+    def _done(self, task: Task) -> None:
+        self.in_flight -= 1
+        self.served += 1
+        if self.cancels:
+            self.cancels.discard((task.link.name, task.id))
