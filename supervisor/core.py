@@ -751,7 +751,10 @@ class Supervisor:
             return result
 
     async def _scale_by(self, delta: int) -> None:
-        n = max(1, len(self.worker_slots) + delta)
+        n = len(self.worker_slots) + delta
+        if n < 1:
+            log.warning("SIGTTOU: not scaling workers below one (never below one)")
+            return
         if n > self.opts.max_workers:
             log.warning(f"not scaling above max_workers ({self.opts.max_workers})")
             return

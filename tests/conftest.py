@@ -169,8 +169,8 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
             "cpu",
             *args,
         ]
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        full_env.pop("NOTIFY_SOCKET", None)
+        full_env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        full_env.update({"PYTHONUNBUFFERED": "1", **(env or {})})
         with open(log, "wb") as f:
             proc = subprocess.Popen(
                 cmd,
