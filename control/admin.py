@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from ferryman.supervisor.core import Supervisor
 
 
+OPEN_PATHS = frozenset({"/health", "/ready"})
+
+
 def error(status: int, kind: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": {"type": kind, "message": message, **extra}}, status)
 
@@ -199,7 +202,8 @@ def _with_token(app: Starlette, token: str) -> Callable[..., Awaitable[None]]:
     expected = f"Bearer {token}".encode()
 
     async def guarded(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
+        # Liveness and readiness say nothing secret, and probes cannot send a token.
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
             got = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(got, expected):
                 resp = error(401, "unauthorized", "send Authorization: Bearer <admin token>")

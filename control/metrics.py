@@ -81,21 +81,27 @@ class SupervisorCollector:
             "ferryman_ready", "1 if the server is ready to serve", value=1 if sup.is_ready() else 0
         )
         cpu = CounterMetricFamily(
-            "ferryman_process_cpu_seconds", "CPU time of each process", labels=["role", "id", "pid"]
+            "ferryman_process_cpu_seconds", "CPU time of each process", labels=["role", "id"]
         )
         mem = GaugeMetricFamily(
             "ferryman_process_resident_memory_bytes",
             "Resident memory of each process",
-            labels=["role", "id", "pid"],
+            labels=["role", "id"],
         )
+        # By role and slot, not pid: a respawned child continues its slot's series. A child
+        # being replaced shares its slot with its successor for a moment; both are summed.
+        usage: dict[tuple[str, str], list[float]] = {("supervisor", "0"): [0.0, 0.0]}
         procs = [("supervisor", "0", os.getpid())]
         procs += [(c.role, str(c.slot), c.pid) for c in list(sup.children.values())]
         for role, ident, pid in procs:
-            usage = proc_usage(pid)
-            if usage is None:
-                continue
-            cpu.add_metric([role, ident, str(pid)], usage[0])
-            mem.add_metric([role, ident, str(pid)], usage[1])
+            got = proc_usage(pid)
+            if got is not None:
+                acc = usage.setdefault((role, ident), [0.0, 0.0])
+                acc[0] += got[0]
+                acc[1] += got[1]
+        for (role, ident), (cpu_s, rss) in usage.items():
+            cpu.add_metric([role, ident], cpu_s)
+            mem.add_metric([role, ident], rss)
         yield cpu
         yield mem
 

@@ -35,7 +35,8 @@ from ferryman.zmqio import Reader
 log = logging.getLogger("ferryman.supervisor")
 
 TICK = 0.1
-EXIT_OK, EXIT_CONFIG, EXIT_APP = 0, 1, 3
+# 1: the port cannot be bound; 2: a bad option (as for a bad flag); 3: the app cannot start.
+EXIT_OK, EXIT_BIND, EXIT_CONFIG, EXIT_APP = 0, 1, 2, 3
 
 
 class Busy(Exception):
@@ -109,7 +110,7 @@ class Supervisor:
                 self.listen_sock = listen.bind(o.host, o.port)
             except OSError as e:
                 log.error(f"cannot listen on {o.host}:{o.port}: {e.strerror}")
-                return EXIT_CONFIG
+                return EXIT_BIND
         else:
             log.info("using the socket systemd passed (socket activation)")
         self.listen_address = listen.describe(self.listen_sock)
@@ -134,7 +135,7 @@ class Supervisor:
                 log.error(
                     f"cannot listen on the admin port {o.admin_host}:{o.admin_port}: {e.strerror}"
                 )
-                return EXIT_CONFIG
+                return EXIT_BIND
             except OptionError as e:
                 log.error(str(e))
                 return EXIT_CONFIG
@@ -192,7 +193,9 @@ class Supervisor:
         add(signal.SIGCHLD, self._reap)
         add(signal.SIGTERM, self._on_stop_signal, signal.SIGTERM)
         add(signal.SIGINT, self._on_stop_signal, signal.SIGINT)
-        add(signal.SIGHUP, lambda: self._background(self.reload(), "reload"))
+        # A SIGHUP during another operation waits its turn: systemd expects RELOADING=1 and
+        # READY=1 for every reload it asked for.
+        add(signal.SIGHUP, lambda: self._background(self.reload(queue=True), "reload"))
         add(signal.SIGTTIN, lambda: self._background(self._scale_by(+1), "scale"))
         add(signal.SIGTTOU, lambda: self._background(self._scale_by(-1), "scale"))
 
@@ -658,11 +661,13 @@ class Supervisor:
         new.instance_file = self.opts.instance_file
         return new
 
-    async def reload(self) -> dict[str, list[int]]:
-        """Rolling reload: each child replaced by a new one that is ready before the old drains."""
+    async def reload(self, queue: bool = False) -> dict[str, list[int]]:
+        """Rolling reload: each child replaced by a new one that is ready before the old drains.
+
+        queue: wait for a running operation to end instead of refusing (Busy)."""
         if self.stopping:
             raise Busy("the server is stopping")
-        async with self._op("reload"):
+        async with self._op("reload", queue):
             self.notifier.reloading()
             log.info("reload: re-reading the config and replacing every process, one at a time")
             result: dict[str, list[int]] = {"stopped": [], "started": [], "kept": []}
@@ -762,10 +767,12 @@ class Supervisor:
         await self.scale(n, wait=False)
 
     @contextlib.asynccontextmanager
-    async def _op(self, name: str) -> Any:
-        if self.op_lock.locked():
+    async def _op(self, name: str, queue: bool = False) -> Any:
+        if self.op_lock.locked() and not queue:
             raise Busy(f"{self.op_name} is in progress")
         async with self.op_lock:
+            if self.stopping:
+                raise Busy("the server is stopping")
             self.op_name = name
             try:
                 yield
