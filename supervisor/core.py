@@ -76,6 +76,7 @@ class Supervisor:
         self.run_dir = ""
         self.metrics_dir = ""
         self.admin: Any = None
+        self.configured_workers = 0
         self.notifier = Notifier()
 
     def _policy(self) -> RestartPolicy:
@@ -152,6 +153,7 @@ class Supervisor:
                 api_servers=o.api_servers,
             ),
         )
+        self.configured_workers = len(self.devices) * o.workers_per_device
         for i, dev in enumerate(self._layout(o.workers_per_device)):
             self.worker_slots.append(Slot(WORKER, i, dev))
         for i in range(o.api_servers):
@@ -678,7 +680,13 @@ class Supervisor:
                 except OptionError as e:
                     log.error(f"reload aborted: {e}")
                     raise
-                target = len(self.devices) * self.opts.workers_per_device
+                # The file's count wins only when the file changed it: a reload must not undo
+                # what an operator scaled to through the admin API.
+                configured = len(self.devices) * self.opts.workers_per_device
+                target = len(self.worker_slots)
+                if configured != self.configured_workers:
+                    target = configured
+                    self.configured_workers = configured
                 target = min(target, self.opts.max_workers)
                 ok = True
                 for slot in list(self.worker_slots):

@@ -51,8 +51,15 @@ def test_scale_up_and_down_under_load_fails_nothing(serve):
 
 
 def test_scale_spreads_over_devices_and_per_device(serve):
-    s = serve(app("echo:Echo"), "--accelerator", "cuda", "--devices", "0,1", workers=1,
-              env={"CUDA_VISIBLE_DEVICES": "0,1"})
+    s = serve(
+        app("echo:Echo"),
+        "--accelerator",
+        "cuda",
+        "--devices",
+        "0,1",
+        workers=1,
+        env={"CUDA_VISIBLE_DEVICES": "0,1"},
+    )
     r = s.admin_call("PUT", "/v1/workers?wait=true", json={"per_device": 2})
     assert r.status_code == 200 and r.json()["target"] == 4
     devices = sorted(w["device"] for w in s.status()["workers"])
@@ -67,8 +74,13 @@ def test_restart_a_worker_under_load_fails_nothing(serve):
     with SteadyClient(s.url) as client:
         r = s.admin_call("POST", "/v1/workers/1/restart")
         assert r.status_code == 202
-        wait_for(lambda: s.pids()[1] != old[1] and s.status()["supervisor"]["operation"] is None
-                 and not s.status()["workers"][1].get("retiring"))
+        wait_for(
+            lambda: (
+                s.pids()[1] != old[1]
+                and s.status()["supervisor"]["operation"] is None
+                and not s.status()["workers"][1].get("retiring")
+            )
+        )
         n = client.ok
         wait_for(lambda: client.ok > n + 20)
     assert client.failures == []
@@ -77,15 +89,17 @@ def test_restart_a_worker_under_load_fails_nothing(serve):
     assert r.status_code == 202
 
 
-def test_reload_route_says_which_pids_changed(serve):
+def test_reload_route_says_which_pids_changed_and_keeps_the_scaled_count(serve):
     s = serve(app("echo:Echo"), api_servers=1, workers=1)
+    assert s.admin_call("PUT", "/v1/workers?wait=true", json={"count": 2}).status_code == 200
     before = set(s.pids()) | set(s.pids("api_servers"))
     r = s.admin_call("POST", "/v1/reload")
     assert r.status_code == 200
     body = r.json()
     assert set(body["stopped"]) == before
-    assert len(body["started"]) == 2
+    assert len(body["started"]) == 3
     assert set(body["started"]) == set(s.pids()) | set(s.pids("api_servers"))
+    assert len(s.pids()) == 2  # the config file did not change the count: the scale stands
 
 
 def test_admin_errors(serve):
@@ -101,8 +115,17 @@ def test_admin_errors(serve):
     err(s.admin_call("POST", "/v1/api-servers/5/restart"), 404)
     err(s.admin_call("GET", "/v1/nothing"), 404)
     err(s.admin_call("DELETE", "/v1/workers"), 405)
-    for body in ({"count": -1}, {"count": 0}, {"count": 2.5}, {"count": "2"}, {"count": 4},
-                 {"per_device": 0}, {"count": 1, "per_device": 1}, {}, [1]):
+    for body in (
+        {"count": -1},
+        {"count": 0},
+        {"count": 2.5},
+        {"count": "2"},
+        {"count": 4},
+        {"per_device": 0},
+        {"count": 1, "per_device": 1},
+        {},
+        [1],
+    ):
         err(s.admin_call("PUT", "/v1/workers", json=body), 422)
     err(s.admin_call("PUT", "/v1/workers", content=b"{nope"), 422)
     assert s.admin_call("GET", "/v1/workers/0").json()["state"] == "ready"
@@ -110,8 +133,9 @@ def test_admin_errors(serve):
 
 
 def test_conflict_while_scaling_and_wait_timeout(serve):
-    s = serve(app("slow_setup:SlowSetup"), api_servers=1, workers=1, wait=False,
-              env={"SETUP_SLEEP": "3"})
+    s = serve(
+        app("slow_setup:SlowSetup"), api_servers=1, workers=1, wait=False, env={"SETUP_SLEEP": "3"}
+    )
     s.wait_ready()
     r = s.admin_call("PUT", "/v1/workers?wait=true&timeout=0.5", json={"count": 2})
     assert r.status_code == 504
@@ -125,18 +149,41 @@ def test_conflict_while_scaling_and_wait_timeout(serve):
 
 
 def test_non_loopback_admin_requires_a_token():
-    r = subprocess.run([sys.executable, "-m", "ferryman", "serve", "examples/doubler.py:Doubler",
-                        "--admin-host", "0.0.0.0", "--port", str(free_port()),
-                        "--admin-port", str(free_port())],
-                       capture_output=True, text=True, cwd=ROOT, timeout=30,
-                       env={**os.environ, "FERRYMAN_ADMIN_TOKEN": ""})
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ferryman",
+            "serve",
+            "examples/doubler.py:Doubler",
+            "--admin-host",
+            "0.0.0.0",
+            "--port",
+            str(free_port()),
+            "--admin-port",
+            str(free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+        env={**os.environ, "FERRYMAN_ADMIN_TOKEN": ""},
+    )
     assert r.returncode == 2
     assert "--admin-token" in r.stderr
 
 
 def test_token_is_checked(serve):
-    s = serve(app("echo:Echo"), "--admin-host", "0.0.0.0", "--admin-token", "s3cret",
-              api_servers=1, workers=1, wait=False)
+    s = serve(
+        app("echo:Echo"),
+        "--admin-host",
+        "0.0.0.0",
+        "--admin-token",
+        "s3cret",
+        api_servers=1,
+        workers=1,
+        wait=False,
+    )
     wait_for(lambda: _ok(lambda: s.admin_call("GET", "/ready").status_code == 200))
     assert s.admin_call("GET", "/health").status_code == 200  # probes need no token
     r = s.admin_call("GET", "/v1/status")
@@ -172,15 +219,25 @@ def test_metrics_count_every_request_and_never_go_back(serve):
     assert metric(text, "ferryman_process_up", role="api") == 2
     assert metric(text, "ferryman_process_resident_memory_bytes", role="supervisor") > 0
     assert metric(text, "ferryman_process_cpu_seconds_total", role="worker") > 0
-    for name in ("ferryman_queue_duration_seconds_count", "ferryman_requests_in_flight",
-                 "ferryman_reloads_total", "ferryman_worker_up"):
-        assert any(f.name == name or any(x.name == name for x in f.samples)
-                   for f in text_string_to_metric_families(text)), name
+    for name in (
+        "ferryman_queue_duration_seconds_count",
+        "ferryman_requests_in_flight",
+        "ferryman_reloads_total",
+        "ferryman_worker_up",
+    ):
+        assert any(
+            f.name == name or any(x.name == name for x in f.samples)
+            for f in text_string_to_metric_families(text)
+        ), name
     # Kill a worker and an API process: their counts stay in the totals.
     os.kill(s.pids()[0], signal.SIGKILL)
     os.kill(s.pids("api_servers")[0], signal.SIGKILL)
-    wait_for(lambda: all(r["state"] == "ready" and r["restarts"] == 1
-                         for r in s.status()["workers"][:1] + s.status()["api_servers"][:1]))
+    wait_for(
+        lambda: all(
+            r["state"] == "ready" and r["restarts"] == 1
+            for r in s.status()["workers"][:1] + s.status()["api_servers"][:1]
+        )
+    )
     text = s.admin_call("GET", "/metrics").text
     assert metric(text, "ferryman_requests_total", route="predict", status="200") == 30
     assert metric(text, "ferryman_predict_duration_seconds_count") == 30
@@ -192,9 +249,13 @@ def test_metrics_count_every_request_and_never_go_back(serve):
 
 
 def ctl(s, *args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ferryman", "ctl", "--admin", s.admin, *args],
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "ferryman", "ctl", "--admin", s.admin, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_ctl_against_a_real_server(serve):
@@ -220,9 +281,20 @@ def test_ctl_against_a_real_server(serve):
 
 @pytest.mark.parametrize("action", [["status"], ["reload"]])
 def test_ctl_says_when_unreachable(action):
-    r = subprocess.run([sys.executable, "-m", "ferryman", "ctl", "--admin",
-                        f"http://127.0.0.1:{free_port()}", *action],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ferryman",
+            "ctl",
+            "--admin",
+            f"http://127.0.0.1:{free_port()}",
+            *action,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 1
     assert r.stderr.startswith("ferryman ctl: cannot reach the admin port")
     assert len(r.stderr.strip().splitlines()) == 1

@@ -72,8 +72,13 @@ def test_killed_worker_is_replaced_and_only_its_request_fails(serve):
     ok = next(r for r in results if r.status_code == 200).json()
     assert ok["pid"] == before[1]
     # Replaced in its slot and serving again.
-    wait_for(lambda: len(s.pids()) == 2 and victim not in s.pids()
-             and all(w["state"] == "ready" for w in s.status()["workers"]))
+    wait_for(
+        lambda: (
+            len(s.pids()) == 2
+            and victim not in s.pids()
+            and all(w["state"] == "ready" for w in s.status()["workers"])
+        )
+    )
     st = s.status()["workers"]
     assert st[0]["restarts"] == 1 and "SIGKILL" in st[0]["last_exit"]
     assert {s.post(json={"input": i}).json()["pid"] for i in range(20)} == set(s.pids())
@@ -94,16 +99,32 @@ def test_killed_api_process_is_replaced(serve):
     s = serve(app("echo:Echo"), api_servers=2, workers=1)
     apis = s.pids("api_servers")
     os.kill(apis[0], signal.SIGKILL)
-    wait_for(lambda: (p := s.pids("api_servers")) and len(p) == 2 and apis[0] not in p
-             and all(a["state"] == "ready" for a in s.status()["api_servers"]))
+    wait_for(
+        lambda: (
+            (p := s.pids("api_servers"))
+            and len(p) == 2
+            and apis[0] not in p
+            and all(a["state"] == "ready" for a in s.status()["api_servers"])
+        )
+    )
     for i in range(20):
         assert s.post(json={"input": i}).json()["input"] == i
     assert s.status()["api_servers"][0]["restarts"] == 1
 
 
 def test_setup_failure_backs_off_then_fails_the_slot_while_others_serve(serve):
-    s = serve(app("setup_fails:SetupFails"), "--max-restarts", "3", "--restart-window", "60",
-              "--failed-retry", "600", workers=2, api_servers=1, env={"FAIL_SLOTS": "1"})
+    s = serve(
+        app("setup_fails:SetupFails"),
+        "--max-restarts",
+        "3",
+        "--restart-window",
+        "60",
+        "--failed-retry",
+        "600",
+        workers=2,
+        api_servers=1,
+        env={"FAIL_SLOTS": "1"},
+    )
     wait_for(lambda: s.status()["workers"][1]["state"] == "failed", timeout=30)
     w1 = s.status()["workers"][1]
     assert w1["restarts"] == 3
@@ -148,8 +169,12 @@ def _all_replaced(s, old: set[int]) -> bool:
     st = s.status()
     rows = st["api_servers"] + st["workers"]
     pids = {r["pid"] for r in rows}
-    return (st["supervisor"]["operation"] is None and not (pids & old) and len(pids) == 4
-            and all(r["state"] == "ready" and not r.get("retiring") for r in rows))
+    return (
+        st["supervisor"]["operation"] is None
+        and not (pids & old)
+        and len(pids) == 4
+        and all(r["state"] == "ready" and not r.get("retiring") for r in rows)
+    )
 
 
 def test_sighup_applies_a_changed_worker_count(tmp_path):
@@ -159,19 +184,39 @@ def test_sighup_applies_a_changed_worker_count(tmp_path):
     port, admin = free_port(), free_port()
     log = tmp_path / "reload.log"
     with open(log, "wb") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "ferryman", "serve", app("echo:Echo"),
-                                 "--config", str(cfg), "--port", str(port),
-                                 "--admin-port", str(admin), "--accelerator", "cpu"],
-                                stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ferryman",
+                "serve",
+                app("echo:Echo"),
+                "--config",
+                str(cfg),
+                "--port",
+                str(port),
+                "--admin-port",
+                str(admin),
+                "--accelerator",
+                "cpu",
+            ],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
+        )
     try:
         st = lambda: httpx.get(f"http://127.0.0.1:{admin}/v1/status", timeout=5).json()  # noqa: E731
         wait_for(lambda: _try(lambda: st()["supervisor"]["ready"]))
         assert len(st()["workers"]) == 1
         cfg.write_text("workers_per_device = 3\napi_servers = 1\n")
         proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: len(st()["workers"]) == 3
-                 and all(w["state"] == "ready" for w in st()["workers"]), timeout=60)
+        wait_for(
+            lambda: (
+                len(st()["workers"]) == 3 and all(w["state"] == "ready" for w in st()["workers"])
+            ),
+            timeout=60,
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
@@ -250,8 +295,13 @@ def test_sd_notify_messages_in_order(serve, tmp_path):
                 return
 
     try:
-        s = serve(app("echo:Echo"), api_servers=1, workers=1, wait=False,
-                  env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"})
+        s = serve(
+            app("echo:Echo"),
+            api_servers=1,
+            workers=1,
+            wait=False,
+            env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"},
+        )
         recv_until(lambda m: m.startswith("READY=1"))
         recv_until(lambda m: m == "WATCHDOG=1")
         s.wait_ready()
@@ -278,15 +328,25 @@ def test_socket_activation_uses_the_passed_socket(tmp_path):
     port = listener.getsockname()[1]
     admin = free_port()
     unused = free_port()  # what --port says: must be ignored in favour of the passed socket
-    cmd = (f"exec 3<&0 0</dev/null; LISTEN_PID=$$ LISTEN_FDS=1 exec {sys.executable} -m ferryman "
-           f"serve {app('echo:Echo')} --port {unused} --admin-port {admin} --api-servers 1 "
-           "--workers-per-device 1 --accelerator cpu")
-    proc = subprocess.Popen(["bash", "-c", cmd], stdin=listener.fileno(), cwd=ROOT,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    cmd = (
+        f"exec 3<&0 0</dev/null; LISTEN_PID=$$ LISTEN_FDS=1 exec {sys.executable} -m ferryman "
+        f"serve {app('echo:Echo')} --port {unused} --admin-port {admin} --api-servers 1 "
+        "--workers-per-device 1 --accelerator cpu"
+    )
+    proc = subprocess.Popen(
+        ["bash", "-c", cmd],
+        stdin=listener.fileno(),
+        cwd=ROOT,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
-        r = wait_for(lambda: _try(lambda: httpx.post(f"http://127.0.0.1:{port}/predict",
-                                                     json={"input": 5}, timeout=5)), timeout=30)
-        assert r.json()["input"] == 5
+
+        def answer():
+            r = httpx.post(f"http://127.0.0.1:{port}/predict", json={"input": 5}, timeout=5)
+            return r.json()["input"] if r.status_code == 200 else None
+
+        assert wait_for(lambda: _try(answer), timeout=30) == 5
         with socket.socket() as probe:
             assert probe.connect_ex(("127.0.0.1", unused)) != 0
     finally:
@@ -319,4 +379,3 @@ def test_ten_sighups_leak_no_fds_or_threads(serve):
     assert fds_after <= fds, (fds, fds_after)
     assert threads_after <= threads, (threads, threads_after)
     assert s.post(json={"input": 1}).status_code == 200
-
