@@ -15,6 +15,7 @@ Everything a user imports is re-exported here, and only here.
 
 from ferryman._version import __version__
 from ferryman.server import Server
-from ferryman.workers.api import API, HTTPException
+from ferryman.workers.api import API, Callback, HTTPException, OpenAISpec
+from ferryman.workers.engine import Context
 
-__all__ = ["API", "HTTPException", "Server", "__version__"]
+__all__ = ["API", "Callback", "Context", "HTTPException", "OpenAISpec", "Server", "__version__"]

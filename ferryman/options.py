@@ -80,6 +80,15 @@ def _optional_choice(*choices: str) -> Callable[[Any], str | None]:
     return parse
 
 
+def _spec(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        # ferryman.OpenAISpec() (or LitServe's): an object that stands for its spec's name
+        value = getattr(value, "name", None) or (
+            "openai" if type(value).__name__ == "OpenAISpec" else value
+        )
+    return _optional_choice("openai")(value)
+
+
 def _devices(value: Any) -> Devices:
     """`auto`, a count (`2`), or a list of device indices (`0,2` or `[0, 2]`)."""
     err = f"expected auto, a count or a list such as 0,2, got {value!r}"
@@ -138,7 +147,12 @@ def _bool(value: Any) -> bool:
 
 
 def _default_api_servers() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
+    # The CPUs this process may run on (a container's cpuset), not the whole machine's.
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
 
 
 @dataclass(frozen=True)
@@ -179,7 +193,7 @@ OPTS: tuple[Opt, ...] = (
     Opt("api_path", _api_path, "route of the model [default: /predict]", "PATH"),
     Opt(
         "spec",
-        _optional_choice("openai"),
+        _spec,
         "an API spec: openai serves /v1/chat/completions [default: none]",
         "SPEC",
     ),

@@ -29,7 +29,8 @@ class Work(msgspec.Struct, tag="work", array_like=True):
     id: int
     route: str  # "predict" or a spec route such as "chat"
     deadline: float  # time.monotonic() (system-wide on Linux) after which the answer is useless
-    headers: list[tuple[str, str]] | None = None
+    # The HTTP headers as ASGI has them, sent only to a worker that asked (WorkerReady.context).
+    headers: list[tuple[bytes, bytes]] | None = None
 
 
 class Cancel(msgspec.Struct, tag="cancel", array_like=True):
@@ -45,6 +46,7 @@ class WorkerReady(msgspec.Struct, tag="ready", array_like=True):
     slot: int
     pid: int
     device: str
+    context: bool = False  # the user's code takes a per-request context: send headers
 
 
 class WorkerLeaving(msgspec.Struct, tag="leaving", array_like=True):

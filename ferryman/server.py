@@ -20,7 +20,7 @@ class Server:
 
     def __init__(self, api: Any, **options: Any) -> None:
         self.api = api
-        self.options = parse_mapping(options)
+        self.options = {**_litapi_options(api), **parse_mapping(options)}
 
     def run(self, **options: Any) -> None:
         """Become the supervisor (this process is replaced by exec; it never returns).
@@ -60,6 +60,27 @@ class Server:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         return path
+
+
+def _litapi_options(api: Any) -> dict[str, Any]:
+    """The settings a LitServe API instance was built with (LitAPI(max_batch_size=8, ...)), as
+    options, so that the API processes know them too; explicit keywords still win."""
+    ls = sys.modules.get("litserve")  # never imported here: only looked at if the user did
+    if ls is None or not isinstance(api, ls.LitAPI):
+        return {}
+    found: dict[str, Any] = {}
+    if api.stream:
+        found["stream"] = True
+    if api.max_batch_size > 1:
+        found["max_batch_size"] = api.max_batch_size
+    if api.batch_timeout:
+        found["batch_timeout"] = api.batch_timeout
+    spec = api.spec
+    if spec is not None:
+        found["spec"] = spec
+    elif api.api_path != "/predict":
+        found["api_path"] = api.api_path
+    return parse_mapping(found)
 
 
 def _flag(name: str, value: Any) -> list[str]:

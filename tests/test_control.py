@@ -208,7 +208,9 @@ def test_metrics_count_every_request_and_never_go_back(serve):
         assert s.post(json={"input": i}).status_code == 200
     for _ in range(5):
         assert s.post(content=b"{bad").status_code == 400
-    text = s.admin_call("GET", "/metrics").text
+    # Children add their counts to the shared files a few times a second: poll for them.
+    wait_for(lambda: _scrape_when(s, "ferryman_requests_total", 35))
+    text = wait_for(lambda: _scrape_when(s, "ferryman_batch_size_count", 35))
     assert metric(text, "ferryman_requests_total", route="predict", status="200") == 30
     assert metric(text, "ferryman_requests_total", route="predict", status="400") == 5
     assert metric(text, "ferryman_request_duration_seconds_count", route="predict") == 35
@@ -244,8 +246,12 @@ def test_metrics_count_every_request_and_never_go_back(serve):
     assert metric(text, "ferryman_process_restarts_total", role="worker", reason="crash") == 1
     assert metric(text, "ferryman_process_restarts_total", role="api", reason="crash") == 1
     s.post(json={"input": 1})
+    wait_for(lambda: _scrape_when(s, "ferryman_requests_total", 36))
+
+
+def _scrape_when(s, name: str, value: float) -> str | None:
     text = s.admin_call("GET", "/metrics").text
-    assert metric(text, "ferryman_requests_total", route="predict", status="200") == 31
+    return text if metric(text, name) == value else None
 
 
 def ctl(s, *args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:

@@ -28,7 +28,13 @@ class API:
     predict(x)             the model; a generator when streaming
     unbatch(output)        only with max_batch_size > 1: batched output -> one output per request
     encode_response(out)   returns something JSON-serialisable; a generator when streaming
+
+    Any of decode_request, predict, encode_response, batch and unbatch may take a `context`
+    argument (by that name): the request's `ferryman.Context`, a list of them for batch-level
+    calls. `callbacks = [MyCallback()]` on the class adds `ferryman.Callback` hooks.
     """
+
+    callbacks: list[Callback] = []
 
     def setup(self, device: str) -> None:
         pass
@@ -67,3 +73,41 @@ def default_batch(inputs: Sequence[Any]) -> Any:
 
         return numpy.stack(list(inputs))
     return list(inputs)
+
+
+class Callback:
+    """Hooks around the server's life and each predict; override the ones you need.
+
+    Listed in the API's `callbacks` attribute; each runs in every inference worker and receives
+    the API instance. An exception in a hook is logged and does not fail the request. With a
+    stream, on_after_predict runs when the stream ends.
+    """
+
+    def on_server_start(self, api: Any) -> None:
+        """After setup, before the worker takes its first request."""
+
+    def on_server_end(self, api: Any) -> None:
+        """When the worker stops, after its last request."""
+
+    def on_before_predict(self, api: Any) -> None:
+        """Before each predict call (once per batch)."""
+
+    def on_after_predict(self, api: Any) -> None:
+        """After each predict call (once per batch)."""
+
+
+class OpenAISpec:
+    """`Server(api, spec=OpenAISpec())`: serve POST /v1/chat/completions, OpenAI's chat API.
+
+    The same as `spec="openai"` / `--spec openai`. predict receives the messages (a list of
+    {"role", "content"} dicts, or what your decode_request returns from the whole request) and
+    yields strings or {"role", "content"} dicts; the other request fields are in the context.
+    """
+
+    name = "openai"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return "OpenAISpec()"

@@ -17,6 +17,10 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+# Seconds a stopping API process keeps its open connections, answering each next request with
+# `connection: close`, before it closes the idle ones.
+DRAIN_GRACE = 1.0
+
 
 def main() -> int:
     from ferryman import protocol as p
@@ -41,7 +45,7 @@ async def serve(spec: Any) -> int:
     from ferryman.workers import control_link
     from ferryman.workers.dispatch import Dispatcher
     from ferryman.workers.http_app import HttpApp
-    from ferryman.workers.metrics import ApiMetrics
+    from ferryman.workers.metrics import FLUSH_INTERVAL, ApiMetrics
 
     from ferryman import protocol as p
     from ferryman.logs import kv
@@ -53,12 +57,34 @@ async def serve(spec: Any) -> int:
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     dispatcher = Dispatcher(ctx, spec.endpoint, opts)
     control = control_link.connect(ctx, spec)
-    app = HttpApp(dispatcher, spec, ApiMetrics())
+    metrics = ApiMetrics()
+    app = HttpApp(dispatcher, spec, metrics)
 
     class Server(uvicorn.Server):
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
             yield  # ours are installed below; uvicorn's would re-raise them at exit
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            # uvicorn closes idle keep-alive connections at once, racing any request a client
+            # is sending on one. Instead: stop accepting, answer the next request on each
+            # connection with `connection: close` for a short grace, then close what is left.
+            for srv in self.servers:
+                srv.close()
+            for sock in sockets or []:
+                sock.close()
+            grace = loop.time() + DRAIN_GRACE
+            while self.server_state.connections and loop.time() < grace:
+                await asyncio.sleep(0.02)
+            for conn in list(self.server_state.connections):
+                conn.shutdown()
+            try:
+                await asyncio.wait_for(
+                    self._wait_tasks_to_complete(), self.config.timeout_graceful_shutdown
+                )
+            except TimeoutError:
+                for task in self.server_state.tasks:
+                    task.cancel()
 
     config = uvicorn.Config(
         app,
@@ -74,7 +100,7 @@ async def serve(spec: Any) -> int:
     def stop() -> None:
         if not server.should_exit:
             log.info("stopping: no new connections, finishing requests in flight")
-        app.draining = True
+        app.start_drain()
         server.should_exit = True
 
     loop.add_signal_handler(signal.SIGTERM, stop)
@@ -102,7 +128,13 @@ async def serve(spec: Any) -> int:
         control_reader.kick()
         log.info("serving", extra=kv(workers_ready=dispatcher.ready_count))
 
+    async def flush_metrics() -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            metrics.flush(app.in_flight)
+
     hb = asyncio.ensure_future(heartbeat())
+    flusher = asyncio.ensure_future(flush_metrics())
     # On a rolling reload, a new API process waits until the workers already serving have
     # connected to it before it accepts connections, so that it never answers 503 for want of one.
     if spec.expect_workers:
@@ -114,6 +146,8 @@ async def serve(spec: Any) -> int:
     finally:
         hb.cancel()
         ready.cancel()
+        flusher.cancel()
+        metrics.flush(0)
         control_reader.close()
         dispatcher.close()
         control.close(0)

@@ -23,6 +23,8 @@ from ferryman.zmqio import Reader
 
 log = logging.getLogger("ferryman.api")
 
+SWEEP_INTERVAL = 0.05  # how late a timeout may fire
+
 
 class Unavailable(Exception):
     """503: no worker can take the request (none ready, queue full, or its worker died)."""
@@ -40,7 +42,7 @@ class Expired(Exception):
 class Link:
     """A worker, as this API process sees it."""
 
-    __slots__ = ("device", "draining", "ident", "in_flight", "name", "pid", "slot")
+    __slots__ = ("context", "device", "draining", "ident", "in_flight", "name", "pid", "slot")
 
     def __init__(self, ident: bytes, msg: p.WorkerReady) -> None:
         self.ident = ident
@@ -48,12 +50,13 @@ class Link:
         self.slot = msg.slot
         self.pid = msg.pid
         self.device = msg.device
+        self.context = msg.context  # wants each request's headers
         self.in_flight: dict[int, Job] = {}
         self.draining = False
 
 
 class Job:
-    __slots__ = ("body", "chunks", "closed", "fut", "headers", "id", "link", "route", "timer")
+    __slots__ = ("body", "chunks", "closed", "deadline", "fut", "headers", "id", "link", "route")
 
     def __init__(self, id: int, route: str, body: bytes, headers: Any, fut: asyncio.Future[Any]):
         self.id = id
@@ -62,7 +65,7 @@ class Job:
         self.headers = headers
         self.fut = fut
         self.link: Link | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0  # loop.time() after which it expires; 0: none
         self.chunks: asyncio.Queue[tuple[bytes, bool] | BaseException] | None = None
         self.closed = False  # the HTTP side has its answer (or gave up); late messages are dropped
 
@@ -95,6 +98,8 @@ class Dispatcher:
         self._turn = 0
         self._ready_changed = asyncio.Event()
         self.loop = asyncio.get_running_loop()
+        self._deadlines: deque[tuple[float, Job]] = deque()
+        self._sweeper = asyncio.ensure_future(self._sweep())
         self._router_reader = Reader(self.loop, self.router, self._on_router)
         self._pull_reader = Reader(self.loop, self.pull, self._on_pull)
 
@@ -109,7 +114,7 @@ class Dispatcher:
         if len(link.in_flight) >= self.window and len(self.pending) >= self.max_queue:
             raise Unavailable("overloaded", "the request queue is full; retry shortly")
         self.jobs[job.id] = job
-        job.timer = self.loop.call_later(self.timeout, self._expire, job)
+        self._arm(job)
         if len(link.in_flight) < self.window:
             self._send(link, job)
         else:
@@ -183,7 +188,8 @@ class Dispatcher:
     def _send(self, link: Link, job: Job) -> None:
         job.link = link
         link.in_flight[job.id] = job
-        header = p.encode(p.Work(job.id, job.route, time.monotonic() + self.timeout, job.headers))
+        headers = job.headers if link.context else None
+        header = p.encode(p.Work(job.id, job.route, time.monotonic() + self.timeout, headers))
         try:
             self.router.send_multipart((link.ident, header, job.body), zmq.NOBLOCK)
         except zmq.ZMQError:
@@ -260,8 +266,24 @@ class Dispatcher:
             if not job.closed:
                 self._send(link, job)
 
+    def _arm(self, job: Job) -> None:
+        # One deque instead of a TimerHandle per request (call_later + cancel cost more than the
+        # rest of the bookkeeping). Every deadline is "now + timeout", so appends stay sorted.
+        job.deadline = self.loop.time() + self.timeout
+        self._deadlines.append((job.deadline, job))
+
+    async def _sweep(self) -> None:
+        deadlines = self._deadlines
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            now = self.loop.time()
+            while deadlines and deadlines[0][0] <= now:
+                deadline, job = deadlines.popleft()
+                if job.deadline == deadline and not job.closed:
+                    self._expire(job)
+
     def _expire(self, job: Job) -> None:
-        job.timer = None
+        job.deadline = 0.0
         if job.closed:
             return
         job.closed = True
@@ -274,13 +296,10 @@ class Dispatcher:
 
     def _rearm(self, job: Job) -> None:
         # A stream's deadline applies to each item, not to the whole stream.
-        self._cancel_timer(job)
-        job.timer = self.loop.call_later(self.timeout, self._expire, job)
+        self._arm(job)
 
     def _cancel_timer(self, job: Job) -> None:
-        if job.timer is not None:
-            job.timer.cancel()
-            job.timer = None
+        job.deadline = 0.0
 
     def _cancel_remote(self, job: Job) -> None:
         link = job.link
@@ -352,6 +371,7 @@ class Dispatcher:
         ]
 
     def close(self) -> None:
+        self._sweeper.cancel()
         self._router_reader.close()
         self._pull_reader.close()
         self.router.close(0)

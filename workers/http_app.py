@@ -30,10 +30,22 @@ _encode = msgspec.json.encode
 _CT = b"content-type"
 _CL = b"content-length"
 _JSON = b"application/json"
+# While draining, every answer says `connection: close`, so that keep-alive clients move to
+# another API process after their current request instead of racing our close of the connection.
+_DRAIN_HEADERS: list[tuple[bytes, bytes]] = []
 
 
 def error(status: int, kind: str, message: str) -> tuple[int, bytes]:
     return status, _encode({"error": {"type": kind, "message": message}})
+
+
+ErrorFn = Callable[[int, str, str], tuple[int, bytes]]
+
+
+def _openai_error(status: int, kind: str, message: str) -> tuple[int, bytes]:
+    from ferryman.workers.openai_spec import openai_error
+
+    return status, openai_error(status, kind, message)
 
 
 class HttpApp:
@@ -54,9 +66,12 @@ class HttpApp:
             "/ready": self._ready,
             "/info": self._info,
         }
+        # A spec's route answers its own errors in the spec's shape.
+        self.errors: dict[str, ErrorFn] = {}
         if self.options.get("spec") == "openai":
             self.model_routes["/v1/chat/completions"] = "chat"
             self.local["/v1/models"] = self._models
+            self.errors["chat"] = _openai_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -84,8 +99,6 @@ class HttpApp:
     async def _model(self, route: str, scope: Scope, receive: Receive, send: Send) -> None:
         t0 = time.perf_counter()
         self.in_flight += 1
-        if self.metrics is not None:
-            self.metrics.in_flight.inc()
         status = 500
         try:
             status = await self._answer(route, scope, receive, send)
@@ -93,24 +106,26 @@ class HttpApp:
             self.in_flight -= 1
             self.served += 1
             if self.metrics is not None:
-                self.metrics.in_flight.dec()
                 self.metrics.done(route, status, time.perf_counter() - t0)
 
     async def _answer(self, route: str, scope: Scope, receive: Receive, send: Send) -> int:
-        body = await self._read_body(scope, receive)
+        err = self.errors.get(route, error)
+        body = await self._read_body(scope, receive, err)
         if isinstance(body, tuple):
             return await _respond(send, *body)
         d = self.dispatcher
         try:
-            job = d.submit(route, body, None)
+            # The headers go by reference; the dispatcher sends them only to a worker that
+            # asked for a per-request context.
+            job = d.submit(route, body, scope["headers"])
         except Unavailable as e:
-            return await _respond(send, *error(503, e.kind, e.message), retry_after=True)
+            return await _respond(send, *err(503, e.kind, e.message), retry_after=True)
         try:
             reply, first = await job.fut
         except Unavailable as e:
-            return await _respond(send, *error(503, e.kind, e.message), retry_after=True)
+            return await _respond(send, *err(503, e.kind, e.message), retry_after=True)
         except Expired as e:
-            return await _respond(send, *error(504, "timeout", str(e)))
+            return await _respond(send, *err(504, "timeout", str(e)))
         except asyncio.CancelledError:
             d.give_up(job)
             raise
@@ -127,7 +142,11 @@ class HttpApp:
             {
                 "type": "http.response.start",
                 "status": reply.status,
-                "headers": [(_CT, reply.content_type.encode()), (b"cache-control", b"no-cache")],
+                "headers": [
+                    (_CT, reply.content_type.encode()),
+                    (b"cache-control", b"no-cache"),
+                    *_DRAIN_HEADERS,
+                ],
             }
         )
         watcher = asyncio.ensure_future(_wait_disconnect(receive))
@@ -141,7 +160,8 @@ class HttpApp:
                 except (Unavailable, Expired) as e:
                     # Headers are out: the best we can do is say so in the stream, then end it.
                     kind = e.kind if isinstance(e, Unavailable) else "timeout"
-                    body, more = error(0, kind, str(e))[1] + b"\n", False
+                    status = 503 if isinstance(e, Unavailable) else 504
+                    body, more = _stream_error(reply.content_type, status, kind, str(e)), False
                 if job.closed and more:
                     break  # client gone
                 await send({"type": "http.response.body", "body": body, "more_body": more})
@@ -154,37 +174,44 @@ class HttpApp:
                 d.finish(job)
         return reply.status
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | tuple[int, bytes]:
+    async def _read_body(
+        self, scope: Scope, receive: Receive, err: ErrorFn = error
+    ) -> bytes | tuple[int, bytes]:
         for name, value in scope["headers"]:
             if name == _CL:
                 try:
                     if int(value) > self.max_body:
-                        return self._too_large()
+                        return self._too_large(err)
                 except ValueError:
-                    return error(400, "invalid_request", "bad Content-Length")
+                    return err(400, "invalid_request", "bad Content-Length")
                 break
         chunks: list[bytes] = []
         size = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return error(499, "client_closed", "the client closed the connection")
+                return err(499, "client_closed", "the client closed the connection")
             chunk = message.get("body", b"")
             if chunk:
                 size += len(chunk)
                 if size > self.max_body:
-                    return self._too_large()
+                    return self._too_large(err)
                 chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def _too_large(self) -> tuple[int, bytes]:
-        return error(
+    def _too_large(self, err: ErrorFn = error) -> tuple[int, bytes]:
+        return err(
             413,
             "payload_too_large",
             f"the request body is larger than max_payload_size ({self.max_body} bytes)",
         )
+
+    def start_drain(self) -> None:
+        self.draining = True
+        if not _DRAIN_HEADERS:
+            _DRAIN_HEADERS.append((b"connection", b"close"))
 
     # -- local routes ----------------------------------------------------------------------------
 
@@ -223,10 +250,19 @@ class HttpApp:
         )
 
 
+def _stream_error(content_type: str, status: int, kind: str, message: str) -> bytes:
+    """The last part of a stream that failed after its headers went out, in the stream's format."""
+    if content_type == "text/event-stream":
+        return b"data: " + _openai_error(status, kind, message)[1] + b"\n\n"
+    return error(status, kind, message)[1] + b"\n"
+
+
 async def _respond(
     send: Send, status: int, body: bytes, content_type: bytes = _JSON, retry_after: bool = False
 ) -> int:
     headers = [(_CT, content_type), (_CL, str(len(body)).encode())]
+    if _DRAIN_HEADERS:
+        headers += _DRAIN_HEADERS
     if retry_after:
         headers.append((b"retry-after", b"1"))
     await send({"type": "http.response.start", "status": status, "headers": headers})

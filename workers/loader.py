@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import os
 import pickle
 import sys
@@ -72,3 +73,22 @@ def check_api(api: Any) -> None:
     for method in REQUIRED:
         if not callable(getattr(api, method, None)):
             raise AppError(f"{type(api).__name__} has no {method}() method")
+
+
+def prepare(api: Any, options: dict[str, Any], device: str) -> None:
+    """Adapt a LitServe API, and refuse settings that cannot work, before setup runs.
+
+    May change `options` (a LitAPI instance's own stream / batching settings)."""
+    from ferryman.workers import litserve_compat
+
+    if litserve_compat.is_litapi(api):
+        litserve_compat.prepare(api, options, device)
+    if (
+        not options.get("stream")
+        and options.get("spec") is None
+        and inspect.isgeneratorfunction(getattr(api, "predict", None))
+    ):
+        raise AppError(
+            f"{type(api).__name__}.predict is a generator: start the server with --stream "
+            "(stream=True) to stream its items"
+        )

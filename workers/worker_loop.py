@@ -19,6 +19,7 @@ from typing import Any
 
 import zmq
 from ferryman.workers.engine import Engine, Task
+from ferryman.workers.metrics import FLUSH_INTERVAL
 
 from ferryman import protocol as p
 from ferryman.logs import kv
@@ -52,9 +53,6 @@ class WorkerLoop:
         self.control = control
         self.spec = spec
         self.name = spec.name
-        self.ready_msg = p.encode(
-            p.WorkerReady(spec.name, spec.slot, os.getpid(), spec.physical_device)
-        )
         self.links: dict[str, ApiLink] = {}
         self.by_socket: dict[zmq.Socket[bytes], ApiLink] = {}
         self.poller = zmq.Poller()
@@ -62,6 +60,12 @@ class WorkerLoop:
         self.pending: deque[Task] = deque()
         self.cancels: set[tuple[str, int]] = set()
         self.engine = Engine(api, spec.options, self)
+        # API processes send a request's headers only to workers whose code takes a context.
+        self.ready_msg = p.encode(
+            p.WorkerReady(
+                spec.name, spec.slot, os.getpid(), spec.physical_device, self.engine.context
+            )
+        )
         self.max_batch = self.engine.max_batch_size
         self.batch_timeout = float(spec.options.get("batch_timeout", 0.0))  # type: ignore[arg-type]
         self.metrics = metrics
@@ -70,6 +74,7 @@ class WorkerLoop:
         self.draining = False
         self.drain_deadline = 0.0
         self.next_heartbeat = 0.0
+        self.next_flush = 0.0
         # SIGTERM must wake the poll at once: its handler only writes to this pipe.
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -88,9 +93,15 @@ class WorkerLoop:
             now = time.monotonic()
             if now >= self.next_heartbeat:
                 self._heartbeat(now)
+            if self.metrics is not None and now >= self.next_flush:
+                self.metrics.flush()
+                self.next_flush = now + FLUSH_INTERVAL
             if self.pending:
                 first = self.pending[0].t_recv
                 if len(self.pending) >= self.max_batch or now >= first + self.batch_timeout:
+                    if now > self.next_heartbeat - HEARTBEAT_INTERVAL + 0.25:
+                        # A long predict is about to start: let status show what we hold.
+                        self._heartbeat(now)
                     self._run_batch()
                     continue
                 timeout = min(first + self.batch_timeout, self.next_heartbeat) - now
@@ -102,8 +113,11 @@ class WorkerLoop:
                     timeout = min(timeout, 0.05)
             self._poll(max(timeout, 0.0))
         log.info("worker drained, exiting", extra=kv(served=self.served))
+        if self.metrics is not None:
+            self.metrics.flush()
         for link in list(self.links.values()):
-            self._close(link)
+            # Our last answers may still sit in the PUSH queues: let them out before exit.
+            self._close(link, linger_ms=2000)
 
     def _heartbeat(self, now: float) -> None:
         self.next_heartbeat = now + HEARTBEAT_INTERVAL
@@ -214,13 +228,13 @@ class WorkerLoop:
             link.dealer.send(p.encode(p.WorkerLeaving(self.name)))
         log.debug("connected to API process", extra=kv(api=ep.name))
 
-    def _close(self, link: ApiLink) -> None:
-        """The API process is gone: what it sent can no longer be answered."""
+    def _close(self, link: ApiLink, linger_ms: int = 0) -> None:
+        """Disconnect from an API process (linger_ms 0: it is gone, nothing can be answered)."""
         self.links.pop(link.name, None)
         self.by_socket.pop(link.dealer, None)
         self.poller.unregister(link.dealer)
         link.dealer.close(0)
-        link.push.close(0)
+        link.push.close(linger_ms)
         link.acked = True
         dropped = [t for t in self.pending if t.link is link]
         if dropped:
@@ -260,7 +274,8 @@ class WorkerLoop:
             p.Reply(task.id, status, content_type, more, queue_s, predict_s, batch_size)
         )
         task.link.push.send_multipart((header, body), copy=len(body) < 65536)
-        if self.metrics is not None and not more:
+        # Once per request (a stream's first reply), and only where predict really ran.
+        if self.metrics is not None and status < 400:
             self.metrics.observe(queue_s, predict_s)
 
     def chunk(self, task: Task, body: bytes, more: bool) -> None:
@@ -273,6 +288,9 @@ class WorkerLoop:
     def cancelled(self, task: Task, poll: bool = False) -> bool:
         if poll:
             self._poll(0)
+            now = time.monotonic()
+            if now >= self.next_heartbeat:  # a long stream must not look like a hung worker
+                self._heartbeat(now)
         return (task.link.name, task.id) in self.cancels or task.link.name not in self.links
 
     def _done(self, task: Task) -> None:

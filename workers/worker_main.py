@@ -20,7 +20,8 @@ def main() -> int:
 
     import zmq
     from ferryman.workers import control_link
-    from ferryman.workers.loader import load_api
+    from ferryman.workers.hooks import Callbacks
+    from ferryman.workers.loader import load_api, prepare
     from ferryman.workers.metrics import WorkerMetrics
     from ferryman.workers.worker_loop import WorkerLoop
 
@@ -35,6 +36,7 @@ def main() -> int:
 
     try:
         api = load_api(str(opts["app"]), opts.get("instance_file"))
+        prepare(api, opts, spec.device)
     except BaseException as e:
         control_link.report_fatal(control, "import", e)
         control.close()
@@ -48,8 +50,13 @@ def main() -> int:
         ctx.term()
         return 3
     log.info("setup done", extra=kv(device=spec.physical_device, api=type(api).__name__))
+    callbacks = Callbacks.of(api)
+    if callbacks.server_start:
+        callbacks.server_start(api)
     loop = WorkerLoop(ctx, control, spec, api, WorkerMetrics())
     loop.run()
+    if callbacks.server_end:
+        callbacks.server_end(api)
     control.close()
     ctx.term()
     return 0
