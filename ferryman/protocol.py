@@ -47,6 +47,7 @@ class WorkerReady(msgspec.Struct, tag="ready", array_like=True):
     pid: int
     device: str
     context: bool = False  # the user's code takes a per-request context: send headers
+    max_batch_size: int = 1  # what the worker really batches (a LitAPI may set its own)
 
 
 class WorkerLeaving(msgspec.Struct, tag="leaving", array_like=True):

@@ -42,7 +42,9 @@ class Expired(Exception):
 class Link:
     """A worker, as this API process sees it."""
 
-    __slots__ = ("context", "device", "draining", "ident", "in_flight", "name", "pid", "slot")
+    __slots__ = (
+        "context", "device", "draining", "ident", "in_flight", "name", "pid", "slot", "window",
+    )  # fmt: skip
 
     def __init__(self, ident: bytes, msg: p.WorkerReady) -> None:
         self.ident = ident
@@ -51,6 +53,9 @@ class Link:
         self.pid = msg.pid
         self.device = msg.device
         self.context = msg.context  # wants each request's headers
+        # How many of our requests it may hold: enough to fill two batches, so one can be
+        # collected while the other runs; the rest wait here, where a death cannot take them.
+        self.window = max(4, 2 * msg.max_batch_size)
         self.in_flight: dict[int, Job] = {}
         self.draining = False
 
@@ -89,7 +94,6 @@ class Dispatcher:
         self.pull.bind(endpoint.replies)
         self.timeout = float(options["timeout"])
         self.max_queue = int(options["max_queue"])
-        self.window = max(4, 2 * int(options["max_batch_size"]))
         self.links: dict[bytes, Link] = {}
         self.ready: list[Link] = []
         self.jobs: dict[int, Job] = {}
@@ -111,11 +115,11 @@ class Dispatcher:
         fut = self.loop.create_future()
         job = Job(next(self._ids), route, body, headers, fut)
         link = self._pick()
-        if len(link.in_flight) >= self.window and len(self.pending) >= self.max_queue:
+        if len(link.in_flight) >= link.window and len(self.pending) >= self.max_queue:
             raise Unavailable("overloaded", "the request queue is full; retry shortly")
         self.jobs[job.id] = job
         self._arm(job)
-        if len(link.in_flight) < self.window:
+        if len(link.in_flight) < link.window:
             self._send(link, job)
         else:
             self.pending.append(job)
@@ -261,7 +265,7 @@ class Dispatcher:
                 self._pump(link)
 
     def _pump(self, link: Link) -> None:
-        while self.pending and len(link.in_flight) < self.window and link.ident in self.links:
+        while self.pending and len(link.in_flight) < link.window and link.ident in self.links:
             job = self.pending.popleft()
             if not job.closed:
                 self._send(link, job)

@@ -60,13 +60,19 @@ class WorkerLoop:
         self.pending: deque[Task] = deque()
         self.cancels: set[tuple[str, int]] = set()
         self.engine = Engine(api, spec.options, self)
-        # API processes send a request's headers only to workers whose code takes a context.
+        self.max_batch = self.engine.max_batch_size
+        # API processes send a request's headers only to workers whose code takes a context,
+        # and let each worker hold enough requests to fill its batches.
         self.ready_msg = p.encode(
             p.WorkerReady(
-                spec.name, spec.slot, os.getpid(), spec.physical_device, self.engine.context
+                spec.name,
+                spec.slot,
+                os.getpid(),
+                spec.physical_device,
+                self.engine.context,
+                self.max_batch,
             )
         )
-        self.max_batch = self.engine.max_batch_size
         self.batch_timeout = float(spec.options.get("batch_timeout", 0.0))  # type: ignore[arg-type]
         self.metrics = metrics
         self.served = 0
