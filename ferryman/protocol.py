@@ -14,6 +14,10 @@ control plane (child <-> supervisor)
 Bodies travel as their own raw frame so they are never re-encoded: a JSON request body is decoded
 once, in the worker, and a response body is encoded once, in the worker.
 
+Data-plane messages between API processes and workers are always exactly two frames, a header
+and a body (empty where there is none), so that both ends read them with two plain recv calls:
+pyzmq's recv_multipart probes RCVMORE per frame, which costs more than the recv itself.
+
 Invariant of the data plane: every Work gets exactly one final message (a Reply or Chunk with
 more=False), even when it was cancelled or expired, so that in-flight accounting stays exact.
 """
@@ -21,6 +25,7 @@ more=False), even when it was cancelled or expired, so that in-flight accounting
 from __future__ import annotations
 
 import msgspec
+import zmq
 
 # -- data plane ----------------------------------------------------------------------------------
 
@@ -118,6 +123,12 @@ FromWorkerDealer = WorkerReady | WorkerLeaving
 FromWorkerPush = Reply | Chunk
 ToSupervisor = Hello | Ready | Heartbeat | Fatal
 FromSupervisor = Endpoints | WorkerGone | Drain
+
+# zmq's flags as plain ints: pyzmq's Flag enums cost an enum operation per `|` on the hot path.
+NOBLOCK = int(zmq.NOBLOCK)
+SNDMORE = int(zmq.SNDMORE)
+SNDMORE_NOBLOCK = SNDMORE | NOBLOCK
+EMPTY = b""
 
 encode = msgspec.msgpack.Encoder().encode
 to_worker = msgspec.msgpack.Decoder(ToWorker).decode

@@ -13,6 +13,11 @@ from collections.abc import Callable
 
 import zmq
 
+NOBLOCK = int(zmq.NOBLOCK)
+# Messages handled per wake-up before yielding to the loop: the first item of a stream must
+# reach its client without waiting for every item queued behind it to be read.
+BURST = 64
+
 
 class Reader:
     def __init__(
@@ -20,25 +25,37 @@ class Reader:
         loop: asyncio.AbstractEventLoop,
         sock: zmq.Socket[bytes],
         on_frames: Callable[[list[bytes]], None],
+        pairs: bool = False,
     ) -> None:
+        """pairs: every message is exactly two frames (the data plane's rule), read as such."""
         self.loop = loop
         self.sock = sock
         self.on_frames = on_frames
         self.fd: int = sock.getsockopt(zmq.FD)  # type: ignore[assignment]
+        self.drain = self._drain_pairs if pairs else self._drain_any
         loop.add_reader(self.fd, self.drain)
         loop.call_soon(self.drain)
 
-    def drain(self) -> None:
-        sock = self.sock
-        recv = sock.recv_multipart
-        while True:
+    def _drain_any(self) -> None:
+        recv = self.sock.recv_multipart
+        for _ in range(BURST):
             try:
-                frames = recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            except zmq.ZMQError:  # closed under us
+                frames = recv(NOBLOCK)
+            except zmq.ZMQError:  # Again: nothing left (or closed under us)
                 return
             self.on_frames(frames)
+        self.loop.call_soon(self.drain)
+
+    def _drain_pairs(self) -> None:
+        recv = self.sock.recv
+        on_frames = self.on_frames
+        for _ in range(BURST):
+            try:
+                header = recv(NOBLOCK)
+            except zmq.ZMQError:
+                return
+            on_frames([header, recv(0)])  # a message's frames arrive together
+        self.loop.call_soon(self.drain)
 
     def kick(self) -> None:
         if self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # type: ignore[operator,arg-type]

@@ -102,10 +102,9 @@ class Dispatcher:
         self._turn = 0
         self._ready_changed = asyncio.Event()
         self.loop = asyncio.get_running_loop()
-        self._deadlines: deque[tuple[float, Job]] = deque()
         self._sweeper = asyncio.ensure_future(self._sweep())
         self._router_reader = Reader(self.loop, self.router, self._on_router)
-        self._pull_reader = Reader(self.loop, self.pull, self._on_pull)
+        self._pull_reader = Reader(self.loop, self.pull, self._on_pull, pairs=True)
 
     # -- the HTTP side -----------------------------------------------------------------------------
 
@@ -194,13 +193,17 @@ class Dispatcher:
         link.in_flight[job.id] = job
         headers = job.headers if link.context else None
         header = p.encode(p.Work(job.id, job.route, time.monotonic() + self.timeout, headers))
+        send = self.router.send
         try:
-            self.router.send_multipart((link.ident, header, job.body), zmq.NOBLOCK)
+            send(link.ident, p.SNDMORE_NOBLOCK)
         except zmq.ZMQError:
             # EHOSTUNREACH: the worker's connection is gone even if nobody told us yet.
             self._drop(link, "its connection closed")
             return
-        self._router_reader.kick()
+        send(header, p.SNDMORE_NOBLOCK)
+        send(job.body, p.NOBLOCK)
+        # No kick() here: what arrives on this ROUTER (READY, LEAVING) is rare, and the sweeper
+        # drains it every SWEEP_INTERVAL in case a send consumed the FD's edge.
 
     def _on_router(self, frames: list[bytes]) -> None:
         ident = frames[0]
@@ -226,7 +229,7 @@ class Dispatcher:
                     self.ready.remove(link)
                 self._ready_changed.set()
             try:
-                self.router.send_multipart((ident, p.encode(p.LeaveAck())), zmq.NOBLOCK)
+                self.router.send_multipart((ident, p.encode(p.LeaveAck()), p.EMPTY), p.NOBLOCK)
             except zmq.ZMQError:
                 pass
             self._router_reader.kick()
@@ -271,20 +274,21 @@ class Dispatcher:
                 self._send(link, job)
 
     def _arm(self, job: Job) -> None:
-        # One deque instead of a TimerHandle per request (call_later + cancel cost more than the
-        # rest of the bookkeeping). Every deadline is "now + timeout", so appends stay sorted.
+        # A periodic sweep instead of a TimerHandle per request: call_later + cancel cost more
+        # than the rest of the bookkeeping, and the sweep only walks requests still in flight
+        # (bounded by connections and max_queue), holding nothing once they are answered.
         job.deadline = self.loop.time() + self.timeout
-        self._deadlines.append((job.deadline, job))
 
     async def _sweep(self) -> None:
-        deadlines = self._deadlines
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
+            self._router_reader.drain()
             now = self.loop.time()
-            while deadlines and deadlines[0][0] <= now:
-                deadline, job = deadlines.popleft()
-                if job.deadline == deadline and not job.closed:
-                    self._expire(job)
+            expired = [
+                j for j in self.jobs.values() if j.deadline and j.deadline <= now and not j.closed
+            ]
+            for job in expired:
+                self._expire(job)
 
     def _expire(self, job: Job) -> None:
         job.deadline = 0.0
@@ -311,7 +315,7 @@ class Dispatcher:
             self.jobs.pop(job.id, None)
             return
         try:
-            self.router.send_multipart((link.ident, p.encode(p.Cancel(job.id))), zmq.NOBLOCK)
+            self.router.send_multipart((link.ident, p.encode(p.Cancel(job.id)), p.EMPTY), p.NOBLOCK)
         except zmq.ZMQError:
             pass
         self._router_reader.kick()

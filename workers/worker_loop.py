@@ -169,14 +169,15 @@ class WorkerLoop:
             self._start_drain()
 
     def _drain_link(self, link: ApiLink) -> None:
-        dealer = link.dealer
+        recv = link.dealer.recv
         now = time.monotonic()
         while True:
             try:
-                frames = dealer.recv_multipart(zmq.NOBLOCK)
+                header = recv(p.NOBLOCK)
             except zmq.Again:
                 return
-            msg = p.to_worker(frames[0])
+            body = recv(0)  # always two frames (protocol.py), and they arrive together
+            msg = p.to_worker(header)
             if type(msg) is p.Work:
                 self.in_flight += 1
                 self.pending.append(
@@ -186,7 +187,7 @@ class WorkerLoop:
                         msg.route,
                         msg.deadline,
                         msg.headers,
-                        frames[1] if len(frames) > 1 else b"",
+                        body,
                         now,
                     )
                 )
@@ -279,7 +280,9 @@ class WorkerLoop:
         header = p.encode(
             p.Reply(task.id, status, content_type, more, queue_s, predict_s, batch_size)
         )
-        task.link.push.send_multipart((header, body), copy=len(body) < 65536)
+        push = task.link.push
+        push.send(header, p.SNDMORE)
+        push.send(body, 0, copy=len(body) < 65536)
         # Once per request (a stream's first reply), and only where predict really ran.
         if self.metrics is not None and status < 400:
             self.metrics.observe(queue_s, predict_s)
@@ -289,7 +292,9 @@ class WorkerLoop:
             self._done(task)
         if task.link.name not in self.links:
             return
-        task.link.push.send_multipart((p.encode(p.Chunk(task.id, more)), body))
+        push = task.link.push
+        push.send(p.encode(p.Chunk(task.id, more)), p.SNDMORE)
+        push.send(body, 0, copy=len(body) < 65536)
 
     def cancelled(self, task: Task, poll: bool = False) -> bool:
         if poll:

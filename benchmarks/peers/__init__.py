@@ -1,0 +1,1 @@
+"""One adapter per peer around benchmarks.models: ferryman, LitServe, bare uvicorn + starlette."""
