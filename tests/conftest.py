@@ -191,6 +191,14 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
         s.kill_all()
 
 
+def run_serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`ferryman serve examples/doubler.py:Doubler ARGS` run to its exit (for start-up errors)."""
+    return subprocess.run(
+        [sys.executable, "-m", "ferryman", "serve", "examples/doubler.py:Doubler", *args],
+        capture_output=True, text=True, cwd=ROOT, timeout=30, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
 def app(name: str) -> str:
     """`tests/apps/NAME.py:NAME` spelled for `ferryman serve`."""
     module, _, cls = name.partition(":")

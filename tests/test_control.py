@@ -9,7 +9,7 @@ import sys
 
 import httpx
 import pytest
-from conftest import ROOT, alive, app, children_of, free_port, wait_for
+from conftest import alive, app, children_of, free_port, run_serve, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from test_supervision import SteadyClient
 
@@ -149,25 +149,14 @@ def test_conflict_while_scaling_and_wait_timeout(serve):
 
 
 def test_non_loopback_admin_requires_a_token():
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ferryman",
-            "serve",
-            "examples/doubler.py:Doubler",
-            "--admin-host",
-            "0.0.0.0",
-            "--port",
-            str(free_port()),
-            "--admin-port",
-            str(free_port()),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=30,
-        env={**os.environ, "FERRYMAN_ADMIN_TOKEN": ""},
+    r = run_serve(
+        "--admin-host",
+        "0.0.0.0",
+        "--port",
+        str(free_port()),
+        "--admin-port",
+        str(free_port()),
+        env={"FERRYMAN_ADMIN_TOKEN": ""},
     )
     assert r.returncode == 2
     assert "--admin-token" in r.stderr

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT, alive, app, free_port, wait_for
+from conftest import alive, app, free_port, run_serve, wait_for
 
 
 def test_doubler_example_answers(serve):
@@ -220,13 +220,7 @@ def test_config_file_and_flags(serve, tmp_path):
     ],
 )
 def test_bad_flag_is_one_line_and_exit_2(args, needle):
-    r = subprocess.run(
-        [sys.executable, "-m", "ferryman", "serve", "examples/doubler.py:Doubler", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=30,
-    )
+    r = run_serve(*args)
     assert r.returncode == 2
     assert needle in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("ferryman")
@@ -235,44 +229,14 @@ def test_bad_flag_is_one_line_and_exit_2(args, needle):
 def test_bad_config_key_names_it(tmp_path):
     cfg = tmp_path / "bad.toml"
     cfg.write_text("workers_per_devic = 2\n")
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ferryman",
-            "serve",
-            "examples/doubler.py:Doubler",
-            "--config",
-            str(cfg),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=30,
-    )
+    r = run_serve("--config", str(cfg))
     assert r.returncode == 2
     assert "workers_per_devic" in r.stderr
 
 
 def test_port_in_use_is_a_clear_error(serve):
     s = serve(app("echo:Echo"), workers=1, api_servers=1)
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ferryman",
-            "serve",
-            "examples/doubler.py:Doubler",
-            "--port",
-            str(s.port),
-            "--admin-port",
-            str(free_port()),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=30,
-    )
+    r = run_serve("--port", str(s.port), "--admin-port", str(free_port()))
     assert r.returncode == 1
     assert f"cannot listen on 127.0.0.1:{s.port}" in r.stderr
 

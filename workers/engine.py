@@ -378,16 +378,7 @@ class Engine:
             return
         if self.after_predict:
             self.after_predict(self.api)
-        t1 = time.monotonic()
-        try:
-            if codec.custom_answers:
-                status, content_type, body = codec.answer(out, t)
-            else:
-                status, content_type, body = 200, codec.content_type, codec.encode(out, t)
-        except Exception as e:
-            self._fail(codec, t, e, "encode_response")
-            return
-        self.sink.start(t, status, content_type, body, False, t0 - t.t_recv, t1 - t0, 1)
+        self._answer(codec, t, out, t0 - t.t_recv, time.monotonic() - t0, 1)
 
     def _run_batched(self, codec: Codec, tasks: list[Task]) -> None:
         t0 = time.monotonic()

@@ -27,6 +27,7 @@ from ferryman.logs import kv
 log = logging.getLogger("ferryman.worker")
 
 HEARTBEAT_INTERVAL = 1.0
+STREAM_FIRST_PAUSE = 0.0002
 LEAVE_ACK_TIMEOUT = 5.0
 
 
@@ -283,6 +284,12 @@ class WorkerLoop:
         push = task.link.push
         push.send(header, p.SNDMORE)
         push.send(body, 0, copy=len(body) < 65536)
+        if more:
+            # A generator that yields its items within microseconds kept this first one queued
+            # behind the rest of its stream: measured on 2 cores, its client saw it after ~3 ms
+            # of a ~6 ms stream. A short pause lets ZeroMQ's I/O thread ship it alone first
+            # (first item 3.1 -> 0.8 ms, total unchanged). Once per stream; 50 us was too short.
+            time.sleep(STREAM_FIRST_PAUSE)
         # Once per request (a stream's first reply), and only where predict really ran.
         if self.metrics is not None and status < 400:
             self.metrics.observe(queue_s, predict_s)
