@@ -22,6 +22,9 @@ from ferryman.workers.dispatch import Dispatcher
 import ferryman
 from ferryman import protocol as p
 
+# A worker that batches up to 8 requests, waiting at most 50 ms for a batch to fill.
+BATCH_8 = ("--max-batch-size", "8", "--batch-timeout", "0.05")
+
 # -- helpers -------------------------------------------------------------------------------------
 
 
@@ -78,10 +81,7 @@ def assert_stopped(progress: Path, end: int) -> None:
 def test_requests_are_batched(serve):
     s = serve(
         app("batching:BatchSize"),
-        "--max-batch-size",
-        "8",
-        "--batch-timeout",
-        "0.05",
+        *BATCH_8,
         workers=1,
         api_servers=1,
     )
@@ -141,10 +141,7 @@ def test_a_bad_request_fails_alone_in_its_batch(serve):
 def test_numpy_inputs_are_stacked_by_default(serve):
     s = serve(
         app("batching:Stacked"),
-        "--max-batch-size",
-        "8",
-        "--batch-timeout",
-        "0.05",
+        *BATCH_8,
         workers=1,
         api_servers=1,
     )
