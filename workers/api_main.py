@@ -29,6 +29,10 @@ def main() -> int:
     spec = p.decode_spec(os.environ[p.CHILD_ENV])
     bind_to_parent(spec.supervisor_pid)
 
+    from ferryman.workers import gc_policy
+
+    gc_policy.relax()
+
     from ferryman import logs
 
     logs.setup("api", spec.slot, str(spec.options["log_level"]), str(spec.options["log_format"]))
@@ -42,7 +46,7 @@ def main() -> int:
 async def serve(spec: Any) -> int:
     import uvicorn
     import zmq
-    from ferryman.workers import control_link
+    from ferryman.workers import control_link, gc_policy
     from ferryman.workers.dispatch import Dispatcher
     from ferryman.workers.http_app import HttpApp
     from ferryman.workers.metrics import FLUSH_INTERVAL, ApiMetrics
@@ -139,6 +143,7 @@ async def serve(spec: Any) -> int:
     # connected to it before it accepts connections, so that it never answers 503 for want of one.
     if spec.expect_workers:
         await dispatcher.wait_for_workers(spec.expect_workers, timeout=10.0)
+    gc_policy.freeze_startup()
     ready = asyncio.ensure_future(announce_ready())
     sock = socket.socket(fileno=spec.listen_fd)
     try:

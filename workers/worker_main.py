@@ -18,6 +18,10 @@ def main() -> int:
     spec = p.decode_spec(os.environ[p.CHILD_ENV])
     bind_to_parent(spec.supervisor_pid)
 
+    from ferryman.workers import gc_policy
+
+    gc_policy.relax()
+
     import zmq
     from ferryman.workers import control_link
     from ferryman.workers.hooks import Callbacks
@@ -53,6 +57,7 @@ def main() -> int:
     callbacks = Callbacks.of(api)
     if callbacks.server_start:
         callbacks.server_start(api)
+    gc_policy.freeze_startup()  # after setup(): the model's own objects are start-up too
     loop = WorkerLoop(ctx, control, spec, api, WorkerMetrics())
     loop.run()
     if callbacks.server_end:
