@@ -10,12 +10,39 @@
 
     ferryman.Server(Doubler(), workers_per_device=2).run(port=8000)
 
-Everything a user imports is re-exported here, and only here.
+Everything a user imports is re-exported here, and only here. The re-exports load on first use:
+every ferryman process imports this package (its protocol lives here), and the supervisor and the
+API processes need neither the worker engine nor `Server`.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ferryman._version import __version__
-from ferryman.server import Server
-from ferryman.workers.api import API, Callback, HTTPException, OpenAISpec
-from ferryman.workers.engine import Context
+
+if TYPE_CHECKING:
+    from ferryman.server import Server
+    from ferryman.workers.api import API, Callback, HTTPException, OpenAISpec
+    from ferryman.workers.engine import Context
+
+_EXPORTS = {
+    "API": "ferryman.workers.api",
+    "Callback": "ferryman.workers.api",
+    "HTTPException": "ferryman.workers.api",
+    "OpenAISpec": "ferryman.workers.api",
+    "Context": "ferryman.workers.engine",
+    "Server": "ferryman.server",
+}
 
 __all__ = ["API", "Callback", "Context", "HTTPException", "OpenAISpec", "Server", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ferryman' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -9,13 +9,15 @@ data plane (API process <-> worker, the supervisor is not on it)
 
 control plane (child <-> supervisor)
   supervisor ROUTER <- child DEALER : Hello, Ready, Heartbeat, Fatal
-  supervisor ROUTER -> child DEALER : Endpoints, WorkerGone, Drain
+  supervisor ROUTER -> child DEALER : Endpoints, WorkerGone
+  (stopping a child is a signal, SIGTERM, not a message: it works even when its loop is stuck)
 
 Bodies travel as their own raw frame so they are never re-encoded: a JSON request body is decoded
 once, in the worker, and a response body is encoded once, in the worker.
 
-Data-plane messages between API processes and workers are always exactly two frames, a header
-and a body (empty where there is none), so that both ends read them with two plain recv calls:
+Data-plane messages to a worker and to an API process's PULL are always exactly two frames, a
+header and a body (empty where there is none), so that both ends read them with two plain recv calls
+(READY and LEAVING, rare, are one frame, read with recv_multipart):
 pyzmq's recv_multipart probes RCVMORE per frame, which costs more than the recv itself.
 
 Invariant of the data plane: every Work gets exactly one final message (a Reply or Chunk with
@@ -114,15 +116,11 @@ class WorkerGone(msgspec.Struct, tag="gone", array_like=True):
     reason: str
 
 
-class Drain(msgspec.Struct, tag="drain", array_like=True):
-    pass
-
-
 ToWorker = Work | Cancel | LeaveAck
 FromWorkerDealer = WorkerReady | WorkerLeaving
 FromWorkerPush = Reply | Chunk
 ToSupervisor = Hello | Ready | Heartbeat | Fatal
-FromSupervisor = Endpoints | WorkerGone | Drain
+FromSupervisor = Endpoints | WorkerGone
 
 # zmq's flags as plain ints: pyzmq's Flag enums cost an enum operation per `|` on the hot path.
 NOBLOCK = int(zmq.NOBLOCK)

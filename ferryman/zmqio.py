@@ -3,7 +3,8 @@
 zmq.asyncio awaits each message; on the request path that costs more than the message itself.
 Instead: watch the socket's FD, and on each wake-up drain every queued message synchronously.
 The FD is edge-triggered and is consumed by sends too, so whoever sends on a socket that it also
-reads calls `kick()` afterwards.
+reads either calls `kick()` afterwards or drains it periodically (the dispatcher's ROUTER, whose
+rare incoming messages do not justify a check after every request it sends).
 """
 
 from __future__ import annotations

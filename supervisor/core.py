@@ -327,7 +327,6 @@ class Supervisor:
         slot = self.home.pop(child, None)
         if child.kill_timer is not None:
             child.kill_timer.cancel()
-        child.exit_status = code
         child.state = "stopped"
         self._mark_dead(child.pid)
         how = describe_exit(code)
@@ -355,8 +354,10 @@ class Supervisor:
             return
         slot.child = None
         slot.last_exit = how
+        # Replacements (reload, restart) and scale-downs retired the child from its slot before
+        # stopping it, above; here remain a shutdown and the unexpected exits.
         reason = child.stop_reason
-        if reason in ("shutdown", "scale"):
+        if reason == "shutdown":
             slot.state = "stopped"
             log.info(f"{child.role} {child.slot} stopped", extra=kv(child_pid=child.pid, exit=how))
             return
@@ -364,9 +365,6 @@ class Supervisor:
             slot.state = "stopped"
             return
         self._count_restart(child.role, reason or ("crash" if code != 0 else "exit"))
-        if reason in ("restart",):
-            self._start(slot)
-            return
         self._crashed(slot, child, how)
 
     def _crashed(self, slot: Slot, child: Child, how: str) -> None:

@@ -46,7 +46,6 @@ class Child:
     fatal: Any = None  # the Fatal message it sent, if any
     endpoint: Any = None  # API processes: their ApiEndpoint, once they said Hello
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=20))
-    exit_status: int | None = None
 
     @property
     def pid(self) -> int:

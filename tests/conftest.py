@@ -191,6 +191,11 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
         s.kill_all()
 
 
+# Two GPUs that exist only in the environment: workers get pinned to them as to real ones.
+FAKE_GPUS = ("--accelerator", "cuda", "--devices", "0,1")
+FAKE_GPU_ENV = {"CUDA_VISIBLE_DEVICES": "0,1"}
+
+
 def run_serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`ferryman serve examples/doubler.py:Doubler ARGS` run to its exit (for start-up errors)."""
     return subprocess.run(

@@ -9,7 +9,16 @@ import sys
 
 import httpx
 import pytest
-from conftest import alive, app, children_of, free_port, run_serve, wait_for
+from conftest import (
+    FAKE_GPU_ENV,
+    FAKE_GPUS,
+    alive,
+    app,
+    children_of,
+    free_port,
+    run_serve,
+    wait_for,
+)
 from prometheus_client.parser import text_string_to_metric_families
 from test_supervision import SteadyClient
 
@@ -53,12 +62,9 @@ def test_scale_up_and_down_under_load_fails_nothing(serve):
 def test_scale_spreads_over_devices_and_per_device(serve):
     s = serve(
         app("echo:Echo"),
-        "--accelerator",
-        "cuda",
-        "--devices",
-        "0,1",
+        *FAKE_GPUS,
         workers=1,
-        env={"CUDA_VISIBLE_DEVICES": "0,1"},
+        env=FAKE_GPU_ENV,
     )
     r = s.admin_call("PUT", "/v1/workers?wait=true", json={"per_device": 2})
     assert r.status_code == 200 and r.json()["target"] == 4

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import alive, app, free_port, run_serve, wait_for
+from conftest import FAKE_GPU_ENV, FAKE_GPUS, alive, app, free_port, run_serve, wait_for
 
 
 def test_doubler_example_answers(serve):
@@ -102,12 +102,9 @@ def test_workers_are_pinned_to_their_device(serve):
     """Two fake GPUs, two workers each: each worker sees exactly its one GPU as cuda:0."""
     s = serve(
         app("echo:Echo"),
-        "--accelerator",
-        "cuda",
-        "--devices",
-        "0,1",
+        *FAKE_GPUS,
         workers=2,
-        env={"CUDA_VISIBLE_DEVICES": "0,1"},
+        env=FAKE_GPU_ENV,
     )
     st = s.status()
     assert sorted(w["device"] for w in st["workers"]) == ["cuda:0", "cuda:0", "cuda:1", "cuda:1"]
@@ -131,7 +128,7 @@ def test_sigterm_stops_everything_and_removes_the_run_dir(serve):
     tmp_dirs = _run_dirs(children)
     assert tmp_dirs
     assert s.stop(signal.SIGTERM) == 0
-    wait_for(lambda: not any(alive(p) for p in children), timeout=5)
+    wait_for(lambda: not any(alive(p) for p in children), timeout=15)
     assert not any(Path(d).exists() for d in tmp_dirs)
 
 
@@ -139,7 +136,7 @@ def test_sigint_stops_everything(serve):
     s = serve(app("echo:Echo"))
     children = s.child_pids()
     assert s.stop(signal.SIGINT) == 0
-    wait_for(lambda: not any(alive(p) for p in children), timeout=5)
+    wait_for(lambda: not any(alive(p) for p in children), timeout=15)
 
 
 def test_sigkill_of_supervisor_takes_every_child_down(serve):
@@ -148,7 +145,8 @@ def test_sigkill_of_supervisor_takes_every_child_down(serve):
     assert len(children) == 4
     os.kill(s.pid, signal.SIGKILL)
     s.proc.wait(5)
-    wait_for(lambda: not any(alive(p) for p in children), timeout=2.5)
+    # Within ~1 s by design (PDEATHSIG, then a 0.5 s parent check); the deadline is generous.
+    wait_for(lambda: not any(alive(p) for p in children), timeout=15)
 
 
 def test_import_error_exits_non_zero_and_says_why_once(serve):
@@ -180,21 +178,25 @@ def test_python_app_py_runs_the_server(tmp_path):
         f"    ferryman.Server(Triple(3), workers_per_device=1, api_servers=1,"
         f" admin_port={admin}).run(port={port})\n"
     )
-    proc = subprocess.Popen(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    log = tmp_path / "myapp.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(script)],
+            cwd=tmp_path,
+            stderr=out,
+            start_new_session=True,
+        )
     try:
 
         def answer():
+            # Until a worker is ready the API process answers 503: wait for a 200.
             try:
-                return httpx.post(f"http://127.0.0.1:{port}/predict", json={"input": 5}).json()
+                r = httpx.post(f"http://127.0.0.1:{port}/predict", json={"input": 5})
             except httpx.HTTPError:
                 return None
+            return r.json() if r.status_code == 200 else None
 
-        assert wait_for(answer, timeout=30) == {"output": 15}
+        assert wait_for(answer, timeout=30) == {"output": 15}, log.read_text()
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0

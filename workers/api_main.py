@@ -114,8 +114,6 @@ async def serve(spec: Any) -> int:
         msg = p.from_supervisor(frames[0])
         if isinstance(msg, p.WorkerGone):
             dispatcher.worker_gone(msg.worker, msg.reason)
-        elif isinstance(msg, p.Drain):
-            stop()
 
     control_reader = Reader(loop, control, on_control)
 

@@ -137,13 +137,13 @@ class Dispatcher:
         if job.closed:
             return
         job.closed = True
-        self._cancel_timer(job)
+        self._disarm(job)
         self._cancel_remote(job)
 
     def finish(self, job: Job) -> None:
         """The HTTP side has sent everything."""
         job.closed = True
-        self._cancel_timer(job)
+        self._disarm(job)
 
     @property
     def ready_count(self) -> int:
@@ -245,7 +245,7 @@ class Dispatcher:
                 self._settle(job)
             elif not job.closed:
                 job.chunks = asyncio.Queue()
-                self._rearm(job)
+                self._arm(job)  # a stream's deadline applies to each item, not to the whole
             if not job.closed and not job.fut.done():
                 job.fut.set_result((msg, body))
         else:  # Chunk
@@ -254,7 +254,7 @@ class Dispatcher:
             if not job.closed and job.chunks is not None:
                 job.chunks.put_nowait((body, msg.more))
                 if msg.more:
-                    self._rearm(job)
+                    self._arm(job)
 
     # -- bookkeeping -------------------------------------------------------------------------------
 
@@ -302,11 +302,7 @@ class Dispatcher:
         err = Expired(f"no answer within the {self.timeout:g} s timeout")
         self._fail(job, err)
 
-    def _rearm(self, job: Job) -> None:
-        # A stream's deadline applies to each item, not to the whole stream.
-        self._arm(job)
-
-    def _cancel_timer(self, job: Job) -> None:
+    def _disarm(self, job: Job) -> None:
         job.deadline = 0.0
 
     def _cancel_remote(self, job: Job) -> None:
@@ -344,7 +340,7 @@ class Dispatcher:
             self.jobs.pop(job.id, None)
             if not job.closed:
                 job.closed = True
-                self._cancel_timer(job)
+                self._disarm(job)
                 self._fail(
                     job,
                     Unavailable(
@@ -359,7 +355,7 @@ class Dispatcher:
                 if not job.closed:
                     job.closed = True
                     self.jobs.pop(job.id, None)
-                    self._cancel_timer(job)
+                    self._disarm(job)
                     self._fail(job, Unavailable("no_worker", "no inference worker is ready"))
         else:
             for other in list(self.ready):

@@ -74,6 +74,7 @@ class WorkerLoop:
                 self.max_batch,
             )
         )
+        self.leaving_msg = p.encode(p.WorkerLeaving(self.name))
         self.batch_timeout = float(spec.options.get("batch_timeout", 0.0))  # type: ignore[arg-type]
         self.metrics = metrics
         self.served = 0
@@ -81,6 +82,7 @@ class WorkerLoop:
         self.draining = False
         self.drain_deadline = 0.0
         self.next_heartbeat = 0.0
+        self.last_heartbeat = 0.0
         self.next_flush = 0.0
         # SIGTERM must wake the poll at once: its handler only writes to this pipe.
         self._wake_r, self._wake_w = os.pipe()
@@ -106,7 +108,7 @@ class WorkerLoop:
             if self.pending:
                 first = self.pending[0].t_recv
                 if len(self.pending) >= self.max_batch or now >= first + self.batch_timeout:
-                    if now > self.next_heartbeat - HEARTBEAT_INTERVAL + 0.25:
+                    if now > self.last_heartbeat + 0.25:
                         # A long predict is about to start: let status show what we hold.
                         self._heartbeat(now)
                     self._run_batch()
@@ -127,6 +129,7 @@ class WorkerLoop:
             self._close(link, linger_ms=2000)
 
     def _heartbeat(self, now: float) -> None:
+        self.last_heartbeat = now
         self.next_heartbeat = now + HEARTBEAT_INTERVAL
         try:
             self.control.send(p.encode(p.Heartbeat(self.in_flight, self.served)), zmq.NOBLOCK)
@@ -139,10 +142,9 @@ class WorkerLoop:
         log.info("draining: no new work, finishing what is queued", extra=kv(worker=self.name))
         self.draining = True
         self.drain_deadline = time.monotonic() + LEAVE_ACK_TIMEOUT
-        leaving = p.encode(p.WorkerLeaving(self.name))
         for link in self.links.values():
             link.acked = False
-            link.dealer.send(leaving, zmq.NOBLOCK)
+            link.dealer.send(self.leaving_msg, zmq.NOBLOCK)
 
     def _drained(self, now: float) -> bool:
         """Every API process has stopped routing to us (or is gone), and nothing is queued."""
@@ -206,8 +208,6 @@ class WorkerLoop:
             msg = p.from_supervisor(raw)
             if isinstance(msg, p.Endpoints):
                 self._set_apis(msg.apis)
-            elif isinstance(msg, p.Drain):
-                self._start_drain()
 
     def _set_apis(self, apis: list[p.ApiEndpoint]) -> None:
         wanted = {a.name: a for a in apis}
@@ -233,7 +233,7 @@ class WorkerLoop:
         self.poller.register(dealer, zmq.POLLIN)
         dealer.send(self.ready_msg)
         if self.draining:
-            link.dealer.send(p.encode(p.WorkerLeaving(self.name)))
+            link.dealer.send(self.leaving_msg)
         log.debug("connected to API process", extra=kv(api=ep.name))
 
     def _close(self, link: ApiLink, linger_ms: int = 0) -> None:
