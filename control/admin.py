@@ -1,7 +1,11 @@
 """The admin HTTP API, served by the supervisor (starlette on uvicorn, in the supervisor's loop).
 
 JSON in and out; errors are {"error": {"type", "message"}}. Bound to loopback by default; binding
-it elsewhere requires a bearer token.
+it elsewhere requires a bearer token. Every operation only changes the desired state and lets the
+reconcile step carry it out; one that arrives while another is under way merges with it (the
+latest word wins), so nothing is refused for being busy. `?wait=true` answers once the change is
+carried out (200), has failed (503, with why), or after `?timeout=` seconds (504; the change goes
+on).
 """
 
 from __future__ import annotations
@@ -10,26 +14,37 @@ import asyncio
 import contextlib
 import hmac
 import ipaddress
+import math
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
-from ferryman.control.metrics import MetricsEndpoint
-from ferryman.control.openapi import OPENAPI
-from ferryman.control.status import slot_status, snapshot
-from ferryman.supervisor import listen
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ferryman.options import OptionError
+from ferryman.control.metrics import MetricsEndpoint
+from ferryman.control.openapi import OPENAPI
+from ferryman.control.status import model_status, slot_status, snapshot
+from ferryman.httpguard import guarded_protocol
+from ferryman.options import RESERVED_PATHS, OptionError, check_app_file, model_from_request
+from ferryman.supervisor import listen
 
 if TYPE_CHECKING:
-    from ferryman.supervisor.core import Supervisor
+    from ferryman.supervisor.operations import Operations as Supervisor
+    from ferryman.supervisor.operations import Outcome
+    from ferryman.supervisor.pools import Pool
 
 
 OPEN_PATHS = frozenset({"/health", "/ready"})
+ADMIN_HEAD_TIMEOUT = 10.0  # seconds a client of the admin port may take to send its headers
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, kind: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.message, self.extra = status, kind, message, extra
 
 
 def error(status: int, kind: str, message: str, **extra: Any) -> JSONResponse:
@@ -45,145 +60,319 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def parse_id(raw: str, what: str) -> int:
+    # ASCII digits only: int() would take "٣" (Arabic-Indic three) and "+3" as well.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
+        raise HttpError(404, "not_found", f"no {what} {raw}")
+    return int(raw)
+
+
+def parse_wait(request: Request, default: bool = False) -> tuple[bool, float | None]:
+    q = request.query_params
+    raw = q.get("wait")
+    if raw is None:
+        wait = default
+    elif raw.lower() in ("1", "true", "yes"):
+        wait = True
+    elif raw.lower() in ("0", "false", "no"):
+        wait = False
+    else:
+        raise HttpError(422, "invalid_query", f"wait must be true or false, got {raw!r}")
+    timeout = None
+    if "timeout" in q:
+        try:
+            timeout = float(q["timeout"])
+        except ValueError:
+            timeout = math.nan
+        if not math.isfinite(timeout) or timeout <= 0:
+            raise HttpError(
+                422,
+                "invalid_query",
+                f"timeout must be a number of seconds > 0, got {q['timeout']!r}",
+            )
+    return wait, timeout
+
+
+async def json_body(request: Request) -> Any:
+    try:
+        return await request.json()
+    except Exception:
+        raise HttpError(422, "invalid_body", "send a JSON object") from None
+
+
 def build_app(sup: Supervisor) -> Starlette:
-    from ferryman.supervisor.core import Busy
-    from ferryman.supervisor.table import API, WORKER
+    from ferryman.supervisor.supervisor import API_POOL, Stopping
 
     metrics = MetricsEndpoint(sup)
-    token = sup.opts.admin_token
+    token = sup.server.admin_token
+
+    def pool_pids(names: list[str]) -> set[int]:
+        return {c.pid for n in names for c in sup.registry.of(n)}
+
+    async def carried_out(
+        names: list[str], timeout: float | None, body: dict[str, Any], before: set[int]
+    ) -> Response:
+        outcome: Outcome = await sup.wait(names, timeout)
+        after = pool_pids(names)
+        result = {
+            **body,
+            "state": outcome.state,
+            "started": sorted(after - before),
+            "stopped": sorted(before - after),
+            "kept": sorted(before & after),
+        }
+        if outcome.state == "done":
+            return JSONResponse(result)
+        if outcome.state == "timeout":
+            return error(
+                504, "timeout", f"not carried out within {timeout:g} s; it goes on", **result
+            )
+        return error(503, "failed", "; ".join(outcome.errors), **result)
+
+    def the_model(name: str) -> Pool:
+        pool = sup.models.get(name)
+        if pool is None or pool.removing:
+            raise HttpError(404, "not_found", f"no model {name!r}")
+        return pool
+
+    def only_model() -> Pool:
+        live = [p for p in sup.models.values() if not p.removing]
+        if len(live) != 1:
+            names = ", ".join(p.name for p in live) or "none"
+            raise HttpError(
+                409,
+                "several_models",
+                f"this server has {len(live)} models ({names}): use /v1/models/NAME/workers",
+            )
+        return live[0]
+
+    def not_stopping() -> None:
+        if sup.stopping:
+            raise HttpError(409, "conflict", "the server is stopping")
+
+    # -- probes ---------------------------------------------------------------------------------
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "stopping": sup.stopping})
 
     async def ready(request: Request) -> Response:
-        if sup.is_ready():
-            return JSONResponse({"status": "ready", "workers_ready": sup.ready_workers()})
-        return JSONResponse(
-            {
-                "status": "not_ready",
-                "workers_ready": sup.ready_workers(),
-                "reason": "stopping" if sup.stopping else "not enough ready processes",
+        model = request.query_params.get("model")
+        if model is not None and model not in sup.models:
+            raise HttpError(404, "not_found", f"no model {model!r}")
+        ok = sup.is_ready(model)
+        body = {
+            "status": "ready" if ok else "not_ready",
+            "workers_ready": sup.ready_workers(model),
+            "models": {
+                name: sup.model_ready(pool)
+                for name, pool in sup.models.items()
+                if (model is None or name == model) and not pool.removing
             },
-            503,
-        )
+        }
+        if not ok:
+            body["reason"] = "stopping" if sup.stopping else "not every model has a ready worker"
+        return JSONResponse(body, 200 if ok else 503)
 
     async def status(request: Request) -> Response:
         return JSONResponse(snapshot(sup))
 
-    async def list_workers(request: Request) -> Response:
-        return JSONResponse([slot_status(sup, s) for s in sup.worker_slots])
+    # -- workers of the one model (kept from single-model servers) -------------------------------
 
-    def _worker_slot(request: Request) -> Any:
-        raw = request.path_params["id"]
-        try:
-            index = int(raw)
-        except ValueError:
-            return None
-        return next((s for s in sup.worker_slots if s.index == index), None)
+    async def list_workers(request: Request) -> Response:
+        return JSONResponse(snapshot(sup)["workers"])
 
     async def get_worker(request: Request) -> Response:
-        slot = _worker_slot(request)
-        if slot is None:
-            return error(404, "not_found", f"no worker {request.path_params['id']}")
-        return JSONResponse(slot_status(sup, slot))
+        pool = only_model()
+        index = parse_id(request.path_params["id"], "worker")
+        if index not in pool.slots:
+            raise HttpError(404, "not_found", f"no worker {index}")
+        return JSONResponse(slot_status(sup, pool, pool.slots[index]))
 
-    async def scale(request: Request) -> Response:
+    async def scale_only(request: Request) -> Response:
+        return await _scale(request, only_model())
+
+    async def restart_only_worker(request: Request) -> Response:
+        pool = only_model()
+        return await _restart(request, pool.name, parse_id(request.path_params["id"], "worker"))
+
+    # -- models ---------------------------------------------------------------------------------
+
+    async def list_models(request: Request) -> Response:
+        return JSONResponse(
+            {"models": [model_status(sup, p) for p in sup.models.values() if not p.removing]}
+        )
+
+    async def get_model(request: Request) -> Response:
+        return JSONResponse(model_status(sup, the_model(request.path_params["name"])))
+
+    async def add_model(request: Request) -> Response:
+        not_stopping()
+        wait, timeout = parse_wait(request)
+        body = await json_body(request)
+        if not isinstance(body, dict):
+            raise HttpError(422, "invalid_body", 'send {"name": ..., "app": ..., options...}')
         try:
-            body = await request.json()
-        except Exception:
-            return error(422, "invalid_body", 'send JSON: {"count": N} or {"per_device": K}')
+            spec = model_from_request(body, sup.defaults)
+            check_app_file(spec.app)
+        except OptionError as e:
+            raise HttpError(422, "invalid_body", str(e)) from None
+        if spec.name in sup.models:
+            raise HttpError(409, "conflict", f"a model named {spec.name!r} exists")
+        path = spec.options.api_path or f"/{spec.name}/predict"
+        spec.options.api_path = path
+        if path in RESERVED_PATHS:
+            raise HttpError(422, "invalid_body", f"{path} is one of the server's own routes")
+        used = {p.model.api_path: p.name for p in sup.models.values() if p.model and not p.removing}
+        if path in used:
+            raise HttpError(409, "conflict", f"model {used[path]!r} is on {path}")
+        try:
+            await sup.add_model(spec)
+        except KeyError:
+            raise HttpError(409, "conflict", f"a model named {spec.name!r} exists") from None
+        except OptionError as e:
+            raise HttpError(422, "invalid_body", str(e)) from None
+        pool = sup.models[spec.name]
+        if not wait:
+            return JSONResponse(model_status(sup, pool), 202)
+        outcome = await sup.wait_model_ready(spec.name, timeout)
+        if outcome.state == "done":
+            return JSONResponse(model_status(sup, pool), 201)
+        if outcome.state == "timeout":
+            return error(504, "timeout", f"model {spec.name!r} not ready within {timeout:g} s")
+        return error(503, "model_failed", "; ".join(outcome.errors), model=spec.name)
+
+    async def delete_model(request: Request) -> Response:
+        not_stopping()
+        pool = the_model(request.path_params["name"])
+        wait, timeout = parse_wait(request)
+        before = pool_pids([pool.name])
+        sup.remove_model(pool.name)
+        if not wait:
+            return JSONResponse({"removing": pool.name, "stopping": sorted(before)}, 202)
+        outcome = await sup.wait([pool.name], timeout)
+        if outcome.state == "timeout":
+            return error(
+                504, "timeout", f"model {pool.name!r} still has workers after {timeout:g} s"
+            )
+        return JSONResponse({"removed": pool.name, "stopped": sorted(before)})
+
+    async def scale_model(request: Request) -> Response:
+        return await _scale(request, the_model(request.path_params["name"]))
+
+    async def reload_model(request: Request) -> Response:
+        not_stopping()
+        pool = the_model(request.path_params["name"])
+        wait, timeout = parse_wait(request, default=True)
+        before = pool_pids([pool.name])
+        names = await sup.reload(pool.name)
+        if not wait:
+            return JSONResponse({"model": pool.name, "state": "reloading"}, 202)
+        return await carried_out(names, timeout, {"model": pool.name}, before)
+
+    async def get_model_worker(request: Request) -> Response:
+        pool = the_model(request.path_params["name"])
+        index = parse_id(request.path_params["id"], "worker")
+        if index not in pool.slots:
+            raise HttpError(404, "not_found", f"no worker {index} in model {pool.name!r}")
+        return JSONResponse(slot_status(sup, pool, pool.slots[index]))
+
+    async def restart_model_worker(request: Request) -> Response:
+        pool = the_model(request.path_params["name"])
+        return await _restart(request, pool.name, parse_id(request.path_params["id"], "worker"))
+
+    # -- operations -----------------------------------------------------------------------------
+
+    async def _scale(request: Request, pool: Pool) -> Response:
+        not_stopping()
+        wait, timeout = parse_wait(request)
+        body = await json_body(request)
         if not isinstance(body, dict) or len(body.keys() & {"count", "per_device"}) != 1:
-            return error(422, "invalid_body", 'send {"count": N} or {"per_device": K}')
+            raise HttpError(422, "invalid_body", 'send {"count": N} or {"per_device": K}')
+        if set(body) - {"count", "per_device"}:
+            raise HttpError(
+                422,
+                "invalid_body",
+                f"unknown field(s): {sorted(set(body) - {'count', 'per_device'})}",
+            )
         key = "count" if "count" in body else "per_device"
         n = body[key]
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            return error(422, "invalid_body", f"{key} must be an integer >= 1, got {n!r}")
-        count = n if key == "count" else n * len(sup.devices)
-        if count > sup.opts.max_workers:
-            return error(
-                422,
-                "invalid_body",
-                f"{count} workers is above max_workers ({sup.opts.max_workers})",
-            )
-        if sup.stopping:
-            return error(409, "conflict", "the server is stopping")
-        if sup.op_lock.locked():
-            return error(409, "conflict", f"{sup.op_name} is in progress")
-        wait = request.query_params.get("wait", "false").lower() in ("1", "true", "yes")
+            raise HttpError(422, "invalid_body", f"{key} must be an integer >= 1, got {n!r}")
+        count = n if key == "count" else n * max(1, len(pool.devices))
+        assert pool.model is not None
+        limit = pool.model.options.max_workers
+        if count > limit:
+            raise HttpError(422, "invalid_body", f"{count} workers is above max_workers ({limit})")
+        before = pool_pids([pool.name])
+        sup.scale(pool.name, count)
         if not wait:
-            sup._background(sup.scale(count), "scale")
-            return JSONResponse({"target": count, "state": "scaling"}, 202)
-        try:
-            timeout = float(request.query_params.get("timeout", sup.opts.startup_timeout))
-        except ValueError:
-            return error(422, "invalid_query", "timeout must be a number of seconds")
-        task = sup._background(sup.scale(count), "scale")
-        try:
-            result = await asyncio.wait_for(asyncio.shield(task), timeout)
-        except TimeoutError:
-            return error(
-                504, "timeout", f"{count} workers not reached within {timeout:g} s", target=count
-            )
-        except Busy as e:
-            return error(409, "conflict", str(e))
-        return JSONResponse({"target": count, "state": "done", **result})
+            return JSONResponse({"model": pool.name, "target": count, "state": "scaling"}, 202)
+        return await carried_out(
+            [pool.name], timeout, {"model": pool.name, "target": count}, before
+        )
 
-    async def _restart(role: str, index: int) -> Response:
-        slots = sup.worker_slots if role == WORKER else sup.api_slots
-        if not any(s.index == index for s in slots):
-            return error(
-                404, "not_found", f"no {'worker' if role == WORKER else 'API server'} {index}"
-            )
-        if sup.stopping:
-            return error(409, "conflict", "the server is stopping")
-        if sup.op_lock.locked():
-            return error(409, "conflict", f"{sup.op_name} is in progress")
-        sup._background(sup.restart(role, index), "restart")
-        return JSONResponse({"restarting": {"role": role, "id": index}}, 202)
-
-    async def restart_worker(request: Request) -> Response:
-        slot = _worker_slot(request)
-        if slot is None:
-            return error(404, "not_found", f"no worker {request.path_params['id']}")
-        return await _restart(WORKER, slot.index)
+    async def _restart(request: Request, pool_name: str, index: int) -> Response:
+        not_stopping()
+        wait, timeout = parse_wait(request)
+        pool = sup.api_pool if pool_name == API_POOL else the_model(pool_name)
+        if index not in pool.slots:
+            what = "API server" if pool_name == API_POOL else "worker"
+            raise HttpError(404, "not_found", f"no {what} {index}")
+        before = pool_pids([pool_name])
+        sup.restart(pool_name, index)
+        body = {
+            "restarting": {
+                "role": str(pool.role),
+                "model": pool.name if pool.model else None,
+                "id": index,
+            }
+        }
+        if not wait:
+            return JSONResponse(body, 202)
+        return await carried_out([pool_name], timeout, body, before)
 
     async def restart_api(request: Request) -> Response:
-        try:
-            index = int(request.path_params["id"])
-        except ValueError:
-            return error(404, "not_found", f"no API server {request.path_params['id']}")
-        return await _restart(API, index)
+        return await _restart(request, API_POOL, parse_id(request.path_params["id"], "API server"))
 
     async def reload(request: Request) -> Response:
-        if sup.stopping:
-            return error(409, "conflict", "the server is stopping")
+        not_stopping()
+        wait, timeout = parse_wait(request, default=True)
+        before = pool_pids([API_POOL, *sup.models])
         try:
-            result = await sup.reload()
-        except Busy as e:
-            return error(409, "conflict", str(e))
+            names = await sup.reload()
         except OptionError as e:
-            return error(422, "invalid_config", str(e))
-        return JSONResponse(result)
+            raise HttpError(422, "invalid_config", str(e)) from None
+        if not wait:
+            return JSONResponse({"state": "reloading"}, 202)
+        return await carried_out(names, timeout, {}, before)
 
     async def prometheus(request: Request) -> Response:
-        body = await asyncio.to_thread(metrics.render)
-        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+        # Rendered on the loop: the state it reads is the loop's, and it takes milliseconds.
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(OPENAPI)
 
     routes = [
-        Route("/health", health),
-        Route("/ready", ready),
-        Route("/v1/status", status),
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+        Route("/v1/status", status, methods=["GET"]),
         Route("/v1/workers", list_workers, methods=["GET"]),
-        Route("/v1/workers", scale, methods=["PUT"]),
-        Route("/v1/workers/{id}", get_worker),
-        Route("/v1/workers/{id}/restart", restart_worker, methods=["POST"]),
+        Route("/v1/workers", scale_only, methods=["PUT"]),
+        Route("/v1/workers/{id}", get_worker, methods=["GET"]),
+        Route("/v1/workers/{id}/restart", restart_only_worker, methods=["POST"]),
         Route("/v1/api-servers/{id}/restart", restart_api, methods=["POST"]),
         Route("/v1/reload", reload, methods=["POST"]),
-        Route("/metrics", prometheus),
-        Route("/openapi.json", openapi),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models", add_model, methods=["POST"]),
+        Route("/v1/models/{name}", get_model, methods=["GET"]),
+        Route("/v1/models/{name}", delete_model, methods=["DELETE"]),
+        Route("/v1/models/{name}/workers", scale_model, methods=["PUT"]),
+        Route("/v1/models/{name}/reload", reload_model, methods=["POST"]),
+        Route("/v1/models/{name}/workers/{id}", get_model_worker, methods=["GET"]),
+        Route("/v1/models/{name}/workers/{id}/restart", restart_model_worker, methods=["POST"]),
+        Route("/metrics", prometheus, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
     ]
 
     async def not_found(request: Request, exc: Exception) -> Response:
@@ -192,7 +381,31 @@ def build_app(sup: Supervisor) -> Starlette:
     async def not_allowed(request: Request, exc: Exception) -> Response:
         return error(405, "method_not_allowed", f"{request.method} is not allowed here")
 
-    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HttpError)
+        return error(exc.status, exc.kind, exc.message, **exc.extra)
+
+    async def stopping(request: Request, exc: Exception) -> Response:
+        return error(409, "conflict", str(exc))
+
+    async def internal(request: Request, exc: Exception) -> Response:
+        import logging
+
+        logging.getLogger("ferryman.supervisor").error(
+            f"admin {request.method} {request.url.path} failed: {exc!r}", exc_info=exc
+        )
+        return error(500, "internal_error", "the admin request failed; the details are in the log")
+
+    app = Starlette(
+        routes=routes,
+        exception_handlers={
+            404: not_found,
+            405: not_allowed,
+            HttpError: http_error,
+            Stopping: stopping,
+            Exception: internal,
+        },
+    )
     if token:
         return _with_token(app, token)  # type: ignore[return-value]
     return app
@@ -227,7 +440,7 @@ class AdminServer:
 
 
 async def start_admin(sup: Supervisor) -> AdminServer:
-    o = sup.opts
+    o = sup.server
     if not is_loopback(o.admin_host) and not o.admin_token:
         raise OptionError(
             f"--admin-host {o.admin_host} is not a loopback address: set --admin-token "
@@ -243,6 +456,9 @@ async def start_admin(sup: Supervisor) -> AdminServer:
 
     config = uvicorn.Config(
         build_app(sup),
+        # A client that sends nothing, or headers without end, must not hold the supervisor's
+        # fds or memory (the admin port may face the network, token or not).
+        http=guarded_protocol(ADMIN_HEAD_TIMEOUT),
         log_config=None,
         access_log=False,
         lifespan="off",

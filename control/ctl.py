@@ -1,10 +1,14 @@
-"""`ferryman ctl`: the admin API from the command line.
+"""`ferryman ctl`: the admin API from the command line (runs in the operator's shell).
 
-    ferryman ctl status            a table of every process
-    ferryman ctl scale 4           four workers, waiting until they are ready
-    ferryman ctl restart 2         drain and replace worker 2
-    ferryman ctl reload            rolling reload (as SIGHUP)
-    ferryman ctl metrics           the Prometheus text
+    ferryman ctl status                  every process, grouped by model
+    ferryman ctl models                  the models: path, devices, workers ready
+    ferryman ctl scale [MODEL] N         N workers, waiting until they are ready
+    ferryman ctl load NAME=APP [--set KEY=VALUE ...]   register a model and wait for it
+    ferryman ctl unload NAME             drain and stop a model's workers
+    ferryman ctl restart [MODEL] ID      replace a worker (the new one ready first)
+    ferryman ctl restart-api ID          replace an API process
+    ferryman ctl reload [MODEL]          rolling reload (as SIGHUP), or of one model
+    ferryman ctl metrics                 the Prometheus text
 
 --admin URL (default $FERRYMAN_ADMIN or http://127.0.0.1:8001), token from $FERRYMAN_ADMIN_TOKEN,
 --json for scripts. Exits 1 with a one-line message when the server is unreachable or says no.
@@ -17,6 +21,7 @@ import json
 import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -43,15 +48,29 @@ def add_parser(sub: Any) -> None:
         help="how long to wait for an answer [default: 600]",
     )
     what = ctl.add_subparsers(dest="action", metavar="ACTION", required=True)
-    what.add_parser("status", help="every process: role, id, pid, device, state, restarts")
-    scale = what.add_parser("scale", help="set the number of workers")
-    scale.add_argument("count", type=int)
+    what.add_parser("status", help="every process: model, role, id, pid, device, state")
+    what.add_parser("models", help="the models: path, devices, workers ready")
+    scale = what.add_parser("scale", help="set the number of workers of a model")
+    scale.add_argument("target", nargs="+", metavar="[MODEL] N")
     scale.add_argument("--no-wait", action="store_true", help="return at once (202)")
-    restart = what.add_parser("restart", help="drain and replace a worker")
-    restart.add_argument("worker_id", type=int)
-    restart_api = what.add_parser("restart-api", help="drain and replace an API process")
+    load = what.add_parser("load", help="register a model (NAME=APP) and wait until it serves")
+    load.add_argument("model", metavar="NAME=APP")
+    load.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a model option, e.g. --set max_batch_size=8 (repeatable)",
+    )
+    load.add_argument("--no-wait", action="store_true", help="return at once (202)")
+    unload = what.add_parser("unload", help="drain and stop a model's workers")
+    unload.add_argument("name")
+    restart = what.add_parser("restart", help="replace a worker (the new one ready first)")
+    restart.add_argument("target", nargs="+", metavar="[MODEL] ID")
+    restart_api = what.add_parser("restart-api", help="replace an API process")
     restart_api.add_argument("api_id", type=int)
-    what.add_parser("reload", help="rolling reload of every process")
+    reload = what.add_parser("reload", help="rolling reload of every process, or of one model")
+    reload.add_argument("model", nargs="?")
     what.add_parser("metrics", help="print the Prometheus metrics")
 
 
@@ -87,55 +106,129 @@ def call(base: str, method: str, path: str, body: Any = None, timeout: float = 6
     return raw.decode()
 
 
-def _table(status: dict[str, Any]) -> str:
+def _row(row: dict[str, Any]) -> str:
+    up = "-" if row["uptime_s"] is None else f"{row['uptime_s']:.0f}s"
+    return (
+        f"{row['role']:<8}{row['id']:>4}  {row['pid'] or '-':>8}  {row['device']:<8} "
+        f"{row['state']:<9} {row['restarts']:>8} {row['requests_in_flight']:>9} "
+        f"{row['served']:>8}  {up:>8}  {row['last_exit'] or ''}"
+    )
+
+
+def status_table(status: dict[str, Any]) -> str:
     sup = status["supervisor"]
+    head = (
+        f"{'ROLE':<8}{'ID':>4}  {'PID':>8}  {'DEVICE':<8} {'STATE':<9} {'RESTARTS':>8} "
+        f"{'IN-FLIGHT':>9} {'SERVED':>8}  {'UPTIME':>8}  LAST EXIT"
+    )
     lines = [
         f"ferryman {sup['version']}  pid {sup['pid']}  listen {sup['listen']}  "
         f"{'ready' if sup['ready'] else 'NOT READY'}  up {sup['uptime_s']:.0f}s"
         + (f"  ({sup['operation']})" if sup.get("operation") else ""),
         "",
-        f"{'ROLE':<8}{'ID':>4}  {'PID':>8}  {'DEVICE':<8} {'STATE':<9} {'RESTARTS':>8} "
-        f"{'IN-FLIGHT':>9} {'SERVED':>8}  {'UPTIME':>8}  LAST EXIT",
+        "API processes",
+        head,
+        *(_row(r) for r in status["api_servers"]),
     ]
-    for row in status["api_servers"] + status["workers"]:
-        up = "-" if row["uptime_s"] is None else f"{row['uptime_s']:.0f}s"
+    for m in status["models"]:
+        lines += [
+            "",
+            f"model {m['name']}  {m['api_path']}  {m['state']}  "
+            f"{m['workers_ready']}/{m['workers_desired']} ready  on {','.join(m['devices'])}"
+            + (f"  error: {m['error']}" if m.get("error") else ""),
+            head,
+            *(_row(r) for r in m["workers"]),
+        ]
+    return "\n".join(lines)
+
+
+def models_table(models: list[dict[str, Any]]) -> str:
+    lines = [f"{'MODEL':<16} {'STATE':<9} {'READY':>7}  {'PATH':<24} {'DEVICES':<16} APP"]
+    for m in models:
+        ready = f"{m['workers_ready']}/{m['workers_desired']}"
         lines.append(
-            f"{row['role']:<8}{row['id']:>4}  {row['pid'] or '-':>8}  {row['device']:<8} "
-            f"{row['state']:<9} {row['restarts']:>8} {row['requests_in_flight']:>9} "
-            f"{row['served']:>8}  {up:>8}  {row['last_exit'] or ''}"
+            f"{m['name']:<16} {m['state']:<9} {ready:>7}  {m['api_path']:<24} "
+            f"{','.join(m['devices']):<16} {m['app']}"
         )
     return "\n".join(lines)
 
 
+def _model_and_number(target: list[str], what: str) -> tuple[str | None, int]:
+    if len(target) not in (1, 2):
+        raise CtlError(f"expected [MODEL] {what}")
+    try:
+        n = int(target[-1])
+    except ValueError:
+        raise CtlError(f"{what} must be a whole number, got {target[-1]!r}") from None
+    return (target[0] if len(target) == 2 else None), n
+
+
+def _options(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise CtlError(f"--set {pair!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     base, t = args.admin, args.timeout
+    show = lambda out, text: print(json.dumps(out, indent=2) if args.json else text)  # noqa: E731
     try:
         if args.action == "status":
             out = call(base, "GET", "/v1/status", timeout=t)
-            print(json.dumps(out, indent=2) if args.json else _table(out))
+            show(out, status_table(out))
+        elif args.action == "models":
+            out = call(base, "GET", "/v1/models", timeout=t)
+            show(out, models_table(out["models"]))
         elif args.action == "scale":
+            model, n = _model_and_number(args.target, "N")
             q = "" if args.no_wait else f"?wait=true&timeout={t}"
-            out = call(base, "PUT", f"/v1/workers{q}", {"count": args.count}, timeout=t + 5)
-            print(
-                json.dumps(out, indent=2)
-                if args.json
-                else f"workers: {out['target']} ({out['state']})"
+            path = f"/v1/models/{urllib.parse.quote(model)}/workers" if model else "/v1/workers"
+            out = call(base, "PUT", path + q, {"count": n}, timeout=t + 5)
+            show(out, f"{out.get('model') or 'workers'}: {out['target']} ({out['state']})")
+        elif args.action == "load":
+            name, sep, app = args.model.partition("=")
+            if not sep or not name or not app:
+                raise CtlError(f"expected NAME=APP, got {args.model!r}")
+            q = "" if args.no_wait else f"?wait=true&timeout={t}"
+            body = {"name": name, "app": app, **_options(args.set)}
+            out = call(base, "POST", "/v1/models" + q, body, timeout=t + 5)
+            show(out, f"model {out['name']}: {out['state']} on {out['api_path']}")
+        elif args.action == "unload":
+            q = f"?wait=true&timeout={t}"
+            out = call(
+                base, "DELETE", f"/v1/models/{urllib.parse.quote(args.name)}" + q, timeout=t + 5
             )
-        elif args.action in ("restart", "restart-api"):
+            show(out, f"model {args.name}: removed ({len(out.get('stopped', []))} workers stopped)")
+        elif args.action == "restart":
+            model, worker = _model_and_number(args.target, "ID")
             path = (
-                f"/v1/workers/{args.worker_id}/restart"
-                if args.action == "restart"
-                else f"/v1/api-servers/{args.api_id}/restart"
+                f"/v1/models/{urllib.parse.quote(model)}/workers/{worker}/restart"
+                if model
+                else f"/v1/workers/{worker}/restart"
             )
             out = call(base, "POST", path, timeout=t)
-            print(json.dumps(out, indent=2) if args.json else "restarting")
+            show(out, "restarting")
+        elif args.action == "restart-api":
+            out = call(base, "POST", f"/v1/api-servers/{args.api_id}/restart", timeout=t)
+            show(out, "restarting")
         elif args.action == "reload":
-            out = call(base, "POST", "/v1/reload", timeout=t)
-            print(
-                json.dumps(out, indent=2)
-                if args.json
-                else f"reloaded: {len(out['started'])} started, {len(out['stopped'])} stopped, "
-                f"{len(out['kept'])} kept"
+            path = (
+                f"/v1/models/{urllib.parse.quote(args.model)}/reload"
+                if args.model
+                else "/v1/reload"
+            )
+            out = call(base, "POST", path + f"?timeout={t}", timeout=t + 5)
+            show(
+                out,
+                f"reloaded: {len(out['started'])} started, {len(out['stopped'])} stopped, "
+                f"{len(out['kept'])} kept",
             )
         elif args.action == "metrics":
             sys.stdout.write(call(base, "GET", "/metrics", timeout=t))

@@ -1,24 +1,32 @@
-"""One Prometheus scrape for the whole process tree, served by the supervisor.
+"""One Prometheus scrape for the whole process tree (runs in the supervisor).
 
-Children write their metrics to files (prometheus-client's multiprocess mode, a directory per
-run); this aggregates those files and adds what only the supervisor knows: worker states,
-restarts, reloads, and each child's CPU and memory read from /proc.
+Children send what they counted over their control link (ferryman/metrics.py); MetricStore adds
+it to totals held here, so that counters never go backwards when a child is replaced and nothing
+is left on disk by dead children. The collector adds what only the supervisor knows: worker
+states per model, restarts, reloads, readiness, and each process's CPU and memory (from /proc
+while it runs; a dead child's CPU time, from wait4, is carried into its slot's total).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+)
+
+from ferryman.supervisor.pools import SlotState
+from ferryman.supervisor.reconcile import slot_state
 
 if TYPE_CHECKING:
-    from ferryman.supervisor.core import Supervisor
+    from ferryman.supervisor.operations import Operations as Supervisor
 
-STATES = ("starting", "ready", "draining", "backoff", "failed", "stopped")
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -40,39 +48,72 @@ class SupervisorCollector:
         self.sup = sup
 
     def collect(self) -> Iterator[Metric]:
+        from ferryman.supervisor.registry import Role
+
         sup = self.sup
-        states = GaugeMetricFamily("ferryman_workers", "Worker slots by state", labels=["state"])
-        counts = dict.fromkeys(STATES, 0)
-        for s in sup.worker_slots:
-            st = s.current_state()
-            counts[st] = counts.get(st, 0) + 1
-        for st, n in counts.items():
-            states.add_metric([st], n)
-        yield states
+        now = time.monotonic()
+        children = list(sup.registry)
         yield GaugeMetricFamily(
-            "ferryman_workers_desired", "Worker slots wanted", value=len(sup.worker_slots)
+            "ferryman_requests_in_flight",
+            "Requests being answered now, in every API process",
+            value=sum(c.in_flight for c in children if c.role == Role.API),
+        )
+        states = GaugeMetricFamily(
+            "ferryman_workers", "Worker slots by model and state", labels=["model", "state"]
+        )
+        desired = GaugeMetricFamily(
+            "ferryman_workers_desired", "Worker slots wanted, by model", labels=["model"]
         )
         up = GaugeMetricFamily(
-            "ferryman_worker_up", "1 if the worker slot is serving", labels=["worker", "device"]
+            "ferryman_worker_up",
+            "1 if the worker slot is serving",
+            labels=["model", "worker", "device"],
         )
-        for s in sup.worker_slots:
-            ok = s.child is not None and s.child.state == "ready"
-            up.add_metric([str(s.index), s.device.name], 1 if ok else 0)
+        model_ready = GaugeMetricFamily(
+            "ferryman_model_ready", "1 if the model has its ready workers", labels=["model"]
+        )
+        for name, pool in sup.models.items():
+            kids = sup.registry.of(name)
+            counts = dict.fromkeys((s.value for s in SlotState), 0)
+            for slot in pool.ordered():
+                mine = [c for c in kids if c.slot == slot.index]
+                st = slot_state(slot, mine, now)
+                counts[st.value] += 1
+                up.add_metric(
+                    [name, str(slot.index), slot.device.name], 1 if st == SlotState.READY else 0
+                )
+            for state, n in counts.items():
+                states.add_metric([name, state], n)
+            desired.add_metric([name], len(pool.slots))
+            model_ready.add_metric([name], 1 if sup.model_ready(pool) else 0)
+        yield states
+        yield desired
         yield up
+        yield model_ready
         proc_up = GaugeMetricFamily(
-            "ferryman_process_up", "1 if the process is running", labels=["role", "id"]
+            "ferryman_process_up", "1 if the process is running", labels=["role", "model", "id"]
         )
-        proc_up.add_metric(["supervisor", "0"], 1)
-        for s in sup.api_slots + sup.worker_slots:
-            proc_up.add_metric([s.role, str(s.index)], 1 if s.child is not None else 0)
+        proc_up.add_metric(["supervisor", "", "0"], 1)
+        for pool in sup.pools():
+            model = pool.name if pool.role == Role.WORKER else ""
+            running = {c.slot for c in sup.registry.of(pool.name) if c.alive}
+            for index in sorted(pool.slots):
+                proc_up.add_metric(
+                    [str(pool.role), model, str(index)], 1 if index in running else 0
+                )
         yield proc_up
         restarts = CounterMetricFamily(
             "ferryman_process_restarts",
-            "Children replaced after exiting, by role and reason",
-            labels=["role", "reason"],
+            "Children replaced after an unexpected exit, by role, model and cause",
+            labels=["role", "model", "reason"],
         )
-        for (role, reason), n in sorted(sup.restarts.items()):
-            restarts.add_metric([role, reason], n)
+        from ferryman.supervisor.state import RESTART_REASONS
+
+        keys = {("api", "", r) for r in RESTART_REASONS}
+        keys |= {("worker", m, r) for m in sup.models for r in RESTART_REASONS}
+        keys |= set(sup.restarts)
+        for key in sorted(keys):
+            restarts.add_metric(list(key), sup.restarts.get(key, 0))
         yield restarts
         yield CounterMetricFamily(
             "ferryman_reloads", "Rolling reloads completed", value=sup.reloads
@@ -81,27 +122,32 @@ class SupervisorCollector:
             "ferryman_ready", "1 if the server is ready to serve", value=1 if sup.is_ready() else 0
         )
         cpu = CounterMetricFamily(
-            "ferryman_process_cpu_seconds", "CPU time of each process", labels=["role", "id"]
+            "ferryman_process_cpu_seconds",
+            "CPU time of each process (a slot's replaced children included)",
+            labels=["role", "model", "id"],
         )
         mem = GaugeMetricFamily(
             "ferryman_process_resident_memory_bytes",
             "Resident memory of each process",
-            labels=["role", "id"],
+            labels=["role", "model", "id"],
         )
         # By role and slot, not pid: a respawned child continues its slot's series. A child
         # being replaced shares its slot with its successor for a moment; both are summed.
-        usage: dict[tuple[str, str], list[float]] = {("supervisor", "0"): [0.0, 0.0]}
-        procs = [("supervisor", "0", os.getpid())]
-        procs += [(c.role, str(c.slot), c.pid) for c in list(sup.children.values())]
-        for role, ident, pid in procs:
+        cpu_s = dict(sup.retired_cpu)
+        rss: dict[tuple[str, str, str], float] = {}
+        procs = [(("supervisor", "", "0"), os.getpid())]
+        for c in children:
+            model = c.pool if c.role == Role.WORKER else ""
+            procs.append(((str(c.role), model, str(c.slot)), c.pid))
+        for key, pid in procs:
             got = proc_usage(pid)
             if got is not None:
-                acc = usage.setdefault((role, ident), [0.0, 0.0])
-                acc[0] += got[0]
-                acc[1] += got[1]
-        for (role, ident), (cpu_s, rss) in usage.items():
-            cpu.add_metric([role, ident], cpu_s)
-            mem.add_metric([role, ident], rss)
+                cpu_s[key] = cpu_s.get(key, 0.0) + got[0]
+                rss[key] = rss.get(key, 0.0) + got[1]
+        for key, value in sorted(cpu_s.items()):
+            cpu.add_metric(list(key), value)
+        for key, value in sorted(rss.items()):
+            mem.add_metric(list(key), value)
         yield cpu
         yield mem
 
@@ -109,7 +155,7 @@ class SupervisorCollector:
 class MetricsEndpoint:
     def __init__(self, sup: Supervisor) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        MultiProcessCollector(self.registry, path=sup.metrics_dir)
+        self.registry.register(sup.metrics)
         self.registry.register(SupervisorCollector(sup))
 
     def render(self) -> bytes:

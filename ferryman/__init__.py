@@ -23,16 +23,16 @@ from typing import TYPE_CHECKING, Any
 from ferryman._version import __version__
 
 if TYPE_CHECKING:
+    from ferryman.api import API, Callback, HTTPException, OpenAISpec
+    from ferryman.context import Context
     from ferryman.server import Server
-    from ferryman.workers.api import API, Callback, HTTPException, OpenAISpec
-    from ferryman.workers.engine import Context
 
 _EXPORTS = {
-    "API": "ferryman.workers.api",
-    "Callback": "ferryman.workers.api",
-    "HTTPException": "ferryman.workers.api",
-    "OpenAISpec": "ferryman.workers.api",
-    "Context": "ferryman.workers.engine",
+    "API": "ferryman.api",
+    "Callback": "ferryman.api",
+    "HTTPException": "ferryman.api",
+    "OpenAISpec": "ferryman.api",
+    "Context": "ferryman.context",
     "Server": "ferryman.server",
 }
 

@@ -1,4 +1,6 @@
-"""Structured log lines on stderr that name the process: role, id and pid on every line.
+"""Structured log lines on stderr that name the process: role, model, id and pid on every line.
+
+Used by every process (supervisor, API processes, workers, the CLI).
 
 logfmt by default (`ts=… level=info role=worker id=2 pid=4242 msg="ready" device=cuda:0`), or one
 JSON object a line with `--log-format json`; journald and `kubectl logs` read either.
@@ -15,6 +17,7 @@ from typing import Any
 
 _ROLE = "supervisor"
 _ID = "-"
+_MODEL: str | None = None
 
 
 class _Formatter(logging.Formatter):
@@ -29,6 +32,7 @@ class _Formatter(logging.Formatter):
             "ts": ts,
             "level": record.levelname.lower(),
             "role": _ROLE,
+            **({"model": _MODEL} if _MODEL is not None else {}),
             "id": _ID,
             "pid": os.getpid(),
             "msg": record.getMessage(),
@@ -37,7 +41,7 @@ class _Formatter(logging.Formatter):
             fields["logger"] = record.name
         kv = getattr(record, "kv", None)
         if kv:
-            fields.update(kv)
+            fields.update((k, v) for k, v in kv.items() if v is not None and v != "")
         if record.exc_info:
             fields["exc"] = self.formatException(record.exc_info)
         if self.json:
@@ -52,9 +56,11 @@ def _quote(v: Any) -> str:
     return json.dumps(s)
 
 
-def setup(role: str, ident: str | int, level: str = "info", fmt: str = "logfmt") -> None:
-    global _ROLE, _ID
-    _ROLE, _ID = role, str(ident)
+def setup(
+    role: str, ident: str | int, level: str = "info", fmt: str = "logfmt", model: str | None = None
+) -> None:
+    global _ROLE, _ID, _MODEL
+    _ROLE, _ID, _MODEL = role, str(ident), model
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter(fmt))
     root = logging.getLogger()

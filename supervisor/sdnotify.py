@@ -1,4 +1,4 @@
-"""sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET per state change.
+"""sd_notify(3) without libsystemd (supervisor): one datagram to $NOTIFY_SOCKET per state change.
 
 Under systemd with Type=notify (or notify-reload) this says READY=1 once serving, RELOADING=1 and
 READY=1 around a rolling reload, STOPPING=1, STATUS= lines, and WATCHDOG=1 pings. Without
@@ -27,6 +27,7 @@ class Notifier:
         # Children must not notify systemd on our behalf.
         os.environ.pop("NOTIFY_SOCKET", None)
         self.watchdog_interval = watchdog_interval()
+        self.stopped = False
 
     @property
     def enabled(self) -> bool:
@@ -41,6 +42,8 @@ class Notifier:
             pass  # systemd gone or busy: never fatal to the supervisor
 
     def ready(self, status: str) -> None:
+        if self.stopped:  # a reload that ends while we stop must not say READY after STOPPING
+            return
         self.notify("READY=1", f"STATUS={status}")
 
     def reloading(self) -> None:
@@ -48,6 +51,7 @@ class Notifier:
         self.notify("RELOADING=1", f"MONOTONIC_USEC={usec}")
 
     def stopping(self) -> None:
+        self.stopped = True
         self.notify("STOPPING=1")
 
     def status(self, text: str) -> None:

@@ -1,4 +1,4 @@
-"""Starting a child: by exec (never a bare fork of the supervisor), its environment fixed first.
+"""Starting a child (supervisor): by exec, never a bare fork, its environment fixed first.
 
 CUDA_VISIBLE_DEVICES is set in the child's environment before its interpreter starts, so torch in
 a worker sees exactly its one device. Each child gets a session of its own, so a terminal's Ctrl-C
@@ -14,20 +14,23 @@ import subprocess
 import sys
 from collections.abc import Callable
 
+from ferryman import protocol as p
 from ferryman.supervisor.devices import Device
 
-from ferryman import protocol as p
+MODULES = {"api": "ferryman.frontend.main", "worker": "ferryman.workers.main"}
+# Children never need these: the admin token is the supervisor's alone, and systemd's socket and
+# watchdog variables are meant for the supervisor.
+PRIVATE = ("FERRYMAN_ADMIN_TOKEN", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
-MODULES = {"api": "ferryman.workers.api_main", "worker": "ferryman.workers.worker_main"}
 
-
-def child_env(spec: p.ChildSpec, device: Device, metrics_dir: str) -> dict[str, str]:
-    env = dict(os.environ)
+def child_env(spec: p.ChildSpec, device: Device) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in PRIVATE}
     env[p.CHILD_ENV] = p.encode_spec(spec)
-    env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     env["PYTHONUNBUFFERED"] = "1"
-    if spec.role == "worker":
+    if spec.worker is not None:
         env["FERRYMAN_WORKER_ID"] = str(spec.slot)
+        env["FERRYMAN_MODEL"] = spec.worker.model.name
+        env["LITSERVE_WORKER_ID"] = str(spec.slot)  # LitServe apps read it
         env["FERRYMAN_DEVICE"] = device.local
         if device.visible is not None:
             env["CUDA_VISIBLE_DEVICES"] = device.visible

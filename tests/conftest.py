@@ -140,35 +140,39 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
     started: list[Served] = []
 
     def start(
-        app: str,
+        app: str | list[str] | None,
         *args: str,
         wait: bool = True,
         env: dict[str, str] | None = None,
         api_servers: int = 2,
-        workers: int = 2,
+        workers: int | None = 2,
+        accelerator: str | None = "cpu",
         cwd: Path | None = None,
         timeout: float = 30.0,
     ) -> Served:
+        """`ferryman serve APP... ARGS` on free ports. workers and accelerator become flags,
+        which beat a config file's per-model values: pass None to leave them to the file."""
         port, admin_port = free_port(), free_port()
         log = tmp_path / f"ferryman-{port}.log"
+        apps = [] if app is None else [app] if isinstance(app, str) else list(app)
         cmd = [
             sys.executable,
             "-m",
             "ferryman",
             "serve",
-            app,
+            *apps,
             "--port",
             str(port),
             "--admin-port",
             str(admin_port),
             "--api-servers",
             str(api_servers),
-            "--workers-per-device",
-            str(workers),
-            "--accelerator",
-            "cpu",
-            *args,
         ]
+        if workers is not None:
+            cmd += ["--workers-per-device", str(workers)]
+        if accelerator is not None:
+            cmd += ["--accelerator", accelerator]
+        cmd += args
         full_env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
         full_env.update({"PYTHONUNBUFFERED": "1", **(env or {})})
         with open(log, "wb") as f:
@@ -208,3 +212,64 @@ def app(name: str) -> str:
     """`tests/apps/NAME.py:NAME` spelled for `ferryman serve`."""
     module, _, cls = name.partition(":")
     return f"{APPS / module}.py:{cls}"
+
+
+# -- the reliability suites' options (tests/test_chaos.py, test_soak.py) -------------------------
+
+CHAOS_SEED = 20261127
+CHAOS_DURATION = 20.0  # seconds of faults in each chaos test (CI size)
+REPORTS = pytest.StashKey[list[str]]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("ferryman reliability suites")
+    group.addoption(
+        "--chaos-seed",
+        type=int,
+        default=CHAOS_SEED,
+        help=f"seed of the chaos tests' fault injector [default: {CHAOS_SEED}]",
+    )
+    group.addoption(
+        "--chaos-duration",
+        type=float,
+        default=CHAOS_DURATION,
+        metavar="SECONDS",
+        help=f"seconds of faults in each chaos test [default: {CHAOS_DURATION:g}]",
+    )
+    group.addoption("--soak", action="store_true", help="run the soak test (an hour by default)")
+    group.addoption(
+        "--soak-duration",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="seconds of load in the soak test [default: 3600]",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--soak"):
+        return
+    skip = pytest.mark.skip(reason="the soak test runs only with --soak")
+    for item in items:
+        if "soak" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """The reliability reports (seed, counts, recovery times), also under -q."""
+    reports = config.stash.get(REPORTS, [])
+    if reports:
+        terminalreporter.section("reliability reports")
+        for text in reports:
+            terminalreporter.write_line(text)
+
+
+@pytest.fixture
+def reliability_report(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Add a report to the end of the pytest output (and print it, for -s)."""
+
+    def add(text: str) -> None:
+        print(text)
+        request.config.stash.setdefault(REPORTS, []).append(text)
+
+    return add

@@ -138,7 +138,7 @@ def test_admin_errors(serve):
     assert s.admin_call("GET", "/openapi.json").json()["openapi"].startswith("3.")
 
 
-def test_conflict_while_scaling_and_wait_timeout(serve):
+def test_operations_merge_and_wait_says_how_they_ended(serve):
     s = serve(
         app("slow_setup:SlowSetup"), api_servers=1, workers=1, wait=False, env={"SETUP_SLEEP": "3"}
     )
@@ -146,12 +146,42 @@ def test_conflict_while_scaling_and_wait_timeout(serve):
     r = s.admin_call("PUT", "/v1/workers?wait=true&timeout=0.5", json={"count": 2})
     assert r.status_code == 504
     assert r.json()["error"]["type"] == "timeout"
+    # An operation during another one is merged, never refused: the latest count wins.
     r = s.admin_call("PUT", "/v1/workers", json={"count": 3})
-    assert r.status_code == 409
-    assert s.admin_call("POST", "/v1/reload").status_code == 409
-    wait_for(lambda: [w["state"] for w in s.status()["workers"]] == ["ready", "ready"])
-    r = s.admin_call("PUT", "/v1/workers", json={"count": 1})
     assert r.status_code == 202
+    r = s.admin_call("POST", "/v1/workers/0/restart")
+    assert r.status_code == 202
+    wait_for(lambda: [w["state"] for w in s.status()["workers"]] == ["ready"] * 3, timeout=60)
+    for query in (
+        "timeout=0",
+        "timeout=-1",
+        "timeout=nan",
+        "timeout=inf",
+        "timeout=x",
+        "wait=maybe",
+    ):
+        r = s.admin_call("PUT", f"/v1/workers?wait=true&{query}", json={"count": 1})
+        assert r.status_code == 422, (query, r.text)
+    for ident in ("\u0663", "+1", " 1", "1.0"):  # an Arabic-Indic three is not worker 3
+        assert s.admin_call("GET", f"/v1/workers/{ident}").status_code == 404
+    r = s.admin_call("PUT", "/v1/workers?wait=true", json={"count": 1})
+    assert r.status_code == 200 and r.json()["state"] == "done"
+
+
+def test_wait_says_failed_when_a_slot_fails(serve):
+    s = serve(
+        app("setup_fails:SetupFails"),
+        "--max-restarts",
+        "2",
+        workers=1,
+        api_servers=1,
+        env={"FAIL_SLOTS": "1"},
+    )
+    r = s.admin_call("PUT", "/v1/workers?wait=true&timeout=60", json={"count": 2})
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["type"] == "failed"
+    assert "cannot load weights on worker 1" in r.json()["error"]["message"]
+    assert s.post(json={}).json()["worker"] == 0
 
 
 def test_non_loopback_admin_requires_a_token():
@@ -204,13 +234,16 @@ def test_metrics_count_every_request_and_never_go_back(serve):
     for _ in range(5):
         assert s.post(content=b"{bad").status_code == 400
     # Children add their counts to the shared files a few times a second: poll for them.
-    wait_for(lambda: _scrape_when(s, "ferryman_requests_total", 35))
-    text = wait_for(lambda: _scrape_when(s, "ferryman_batch_size_count", 35))
-    assert metric(text, "ferryman_requests_total", route="predict", status="200") == 30
+    wait_for(lambda: _scrape_when(s, "ferryman_requests_total", 35, route="predict"))
+    # Only requests that reach predict form batches: the 5 bodies that are not JSON do not.
+    text = wait_for(lambda: _scrape_when(s, "ferryman_batch_size_count", 30))
+    assert (
+        metric(text, "ferryman_requests_total", model="echo", route="predict", status="200") == 30
+    )
     assert metric(text, "ferryman_requests_total", route="predict", status="400") == 5
     assert metric(text, "ferryman_request_duration_seconds_count", route="predict") == 35
     assert metric(text, "ferryman_predict_duration_seconds_count") == 30
-    assert metric(text, "ferryman_batch_size_count") == 35
+    assert metric(text, "ferryman_batch_size_count") == 30
     assert metric(text, "ferryman_workers", state="ready") == 2
     assert metric(text, "ferryman_workers_desired") == 2
     assert metric(text, "ferryman_process_up", role="api") == 2
@@ -241,12 +274,12 @@ def test_metrics_count_every_request_and_never_go_back(serve):
     assert metric(text, "ferryman_process_restarts_total", role="worker", reason="crash") == 1
     assert metric(text, "ferryman_process_restarts_total", role="api", reason="crash") == 1
     s.post(json={"input": 1})
-    wait_for(lambda: _scrape_when(s, "ferryman_requests_total", 36))
+    wait_for(lambda: _scrape_when(s, "ferryman_requests_total", 36, route="predict"))
 
 
-def _scrape_when(s, name: str, value: float) -> str | None:
+def _scrape_when(s, name: str, value: float, **labels: str) -> str | None:
     text = s.admin_call("GET", "/metrics").text
-    return text if metric(text, name) == value else None
+    return text if metric(text, name, **labels) == value else None
 
 
 def ctl(s, *args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import json
+import os
 import subprocess
 import sys
 import time
@@ -17,10 +18,11 @@ import openai
 import pytest
 import zmq
 from conftest import ROOT, app, wait_for
-from ferryman.workers.dispatch import Dispatcher
 
 import ferryman
 from ferryman import protocol as p
+from ferryman.board import Board
+from ferryman.frontend.dispatch import Dispatcher
 
 # A worker that batches up to 8 requests, waiting at most 50 ms for a batch to fill.
 BATCH_8 = ("--max-batch-size", "8", "--batch-timeout", "0.05")
@@ -204,7 +206,10 @@ def test_stream_that_fails_midway_ends_with_an_error_line(serve):
     lines = ndjson(r)
     assert lines[:2] == [{"i": 0}, {"i": 1}]
     assert lines[2]["error"]["type"] == "internal_error"
-    assert "stream failed on purpose" in lines[2]["error"]["message"]
+    # The client gets the request id, never the exception's text: that goes to the log.
+    assert "stream failed on purpose" not in lines[2]["error"]["message"]
+    assert lines[2]["error"]["request_id"] in lines[2]["error"]["message"]
+    assert "stream failed on purpose" in s.log()
     assert len(lines) == 3
     # Failing before the first item is a plain error status.
     r = s.post(json={"n": 5, "fail_at": 0})
@@ -330,7 +335,7 @@ def test_openai_client_plain_and_streamed(serve):
     assert with_usage[-1].usage is not None and with_usage[-1].usage.prompt_tokens == 3
 
     models = client.models.list()
-    assert [m.id for m in models.data] == ["Chat"]
+    assert [m.id for m in models.data] == ["chat"]  # the model's name
 
 
 def test_openai_stream_is_server_sent_events(serve):
@@ -386,7 +391,7 @@ def test_openai_errors_have_openai_shape(serve):
     assert json.loads(events[0][6:])["choices"][0]["delta"]["content"] == "partial"
     last = json.loads(events[-1][6:])
     assert last["error"]["type"] == "server_error"
-    assert "failed after its first item" in last["error"]["message"]
+    assert "failed after its first item" not in last["error"]["message"]  # logged, not sent
     msgs = [{"role": "user", "content": "crash later"}]
     with pytest.raises(openai.APIError):
         list(client.chat.completions.create(model="m", messages=msgs, stream=True))
@@ -488,55 +493,26 @@ def test_context_and_callbacks(serve, tmp_path):
     assert "a broken hook" in s.log()  # logged, and the requests still succeeded
 
 
-def test_engine_builds_no_context_when_no_method_takes_one():
-    from ferryman.workers.engine import Engine, Task
-
-    class Plain(ferryman.API):
-        def predict(self, x):
-            return x
-
-    class Sink:
-        def __init__(self):
-            self.answers = []
-
-        def start(self, task, status, content_type, body, more=False, *a):
-            self.answers.append((status, body))
-
-        def chunk(self, task, body, more):
-            pass
-
-        def cancelled(self, task, poll=False):
-            return False
-
-    class Link:
-        name = "a0.1"
-
-    sink = Sink()
-    engine = Engine(Plain(), {"max_batch_size": 1}, sink)
-    assert engine.context is False
-    t = Task(Link(), 1, "predict", time.monotonic() + 5, None, b'{"a": 1}', time.monotonic())
-    engine.run([t])
-    assert t.ctx is None
-    assert sink.answers == [(200, b'{"a":1}')]
-
-
 def test_headers_cross_only_to_workers_that_take_a_context(tmp_path):
     """The API process hands every request's headers to the dispatcher by reference; they are
     encoded into the Work message only for a worker that announced it takes a context."""
 
     async def main() -> list[Any]:
         ctx = zmq.Context()
-        ep = p.ApiEndpoint("a0.1", f"ipc://{tmp_path}/req", f"ipc://{tmp_path}/rep")
-        d = Dispatcher(ctx, ep, {"timeout": 5, "max_queue": 10, "max_batch_size": 1})
+        board = Board(str(tmp_path / "board"), create=True)
+        ep = p.ApiEndpoint("a0.1", f"ipc://{tmp_path}/req", f"ipc://{tmp_path}/rep", 0)
+        d = Dispatcher(ctx, ep, board, max_queue=10)
+        d.set_models([p.ModelRoute(name="m", api_path="/predict", timeout=5)])
         seen = []
         try:
-            for name, wants in (("w0.1", False), ("w1.1", True)):
+            for cell, (name, wants) in enumerate((("m.w0.1", False), ("m.w1.2", True))):
                 dealer = ctx.socket(zmq.DEALER)
                 dealer.setsockopt(zmq.IDENTITY, name.encode())
                 dealer.connect(ep.requests)
-                dealer.send(p.encode(p.WorkerReady(name, 0, 1, "cpu", wants)))
+                ready = p.WorkerReady(name, "m", cell, 1, "cpu", cell, 1, 4, context=wants)
+                dealer.send(p.encode(ready))
                 await d.wait_for_workers(1, timeout=5)
-                job = d.submit("predict", b"{}", [(b"x-custom", b"hi")])
+                job = d.submit("m", "predict", b"{}", [(b"x-custom", b"hi")])
                 assert await asyncio.to_thread(dealer.poll, 5000)
                 seen.append(p.to_worker(dealer.recv_multipart()[0]))
                 d.give_up(job)
@@ -544,6 +520,7 @@ def test_headers_cross_only_to_workers_that_take_a_context(tmp_path):
                 dealer.close(0)
         finally:
             d.close()
+            board.close()
             ctx.term()
         return seen
 
@@ -626,12 +603,13 @@ def test_litserve_batched_streaming(serve):
 def test_litserve_pydantic_request_context_and_response(serve):
     s = serve(lit("TypedAPI"), workers=1, api_servers=1)
     assert s.post(json={"name": "pen", "count": 2}).json() == {"name": "pen", "doubled": 4}
+    # Errors in LitServe's shape, as a client written for LitServe reads them.
     r = s.post(json={"name": "pen"})
     assert r.status_code == 422
-    assert "count" in r.json()["error"]["message"]
+    assert "count" in str(r.json()["detail"])
     r = s.post(json={"name": "pen", "count": -1})
     assert r.status_code == 400
-    assert r.json()["error"]["message"] == "count must be >= 0"
+    assert r.json() == {"detail": "count must be >= 0"}
     r = s.post(json={"name": "pen", "count": 0})
     assert r.status_code == 200
     assert r.headers["content-type"] == "image/png"
@@ -667,20 +645,28 @@ def test_server_takes_a_litapi_instances_settings():
         import lit_apps
     finally:
         sys.path.pop(0)
+
+    def code_options(api, **kw):
+        launch = ferryman.Server(api, **kw).launch()
+        for m in launch["models"]:
+            if m["instance_file"]:
+                os.unlink(m["instance_file"])
+        return launch["models"][0]["code_options"], launch["options"]
+
     api = lit_apps.BatchedStreamAPI(max_batch_size=4, batch_timeout=0.01, stream=True)
-    opts = ferryman.Server(api).options
+    opts, _ = code_options(api)
     assert (opts["max_batch_size"], opts["batch_timeout"], opts["stream"]) == (4, 0.01, True)
-    assert ferryman.Server(api, max_batch_size=2).options["max_batch_size"] == 2
+    # A keyword of Server (as a flag) beats the instance's own setting.
+    assert code_options(api, max_batch_size=2)[1]["max_batch_size"] == 2
     chat = lit_apps.OpenAIAPI(spec=ls.OpenAISpec())
-    assert ferryman.Server(chat).options["spec"] == "openai"
-    assert ferryman.Server(lit_apps.SimpleLitAPI(api_path="/v2")).options["api_path"] == "/v2"
-    assert ferryman.Server(lit_apps.SimpleLitAPI()).options == {}
+    assert code_options(chat)[0]["spec"] == "openai"
+    assert code_options(lit_apps.SimpleLitAPI(api_path="/v2"))[0]["api_path"] == "/v2"
+    assert code_options(lit_apps.SimpleLitAPI())[0] == {}
 
 
 @pytest.mark.parametrize(
     "name, args, needle",
     [
-        ("AsyncAPI", [], "AsyncAPI.predict is async"),
         ("AuthAPI", [], "AuthAPI.authorize is not supported"),
         ("SimpleStreamAPI", [], "SimpleStreamAPI.predict is a generator"),
         ("openai_api", [], "start ferryman with --spec openai"),
@@ -694,9 +680,11 @@ def test_litserve_unsupported_is_refused_by_name(serve, name, args, needle):
 
 def test_supervisor_and_api_processes_never_import_litserve():
     code = (
-        "import sys, ferryman, ferryman.cli, ferryman.workers.api_main, "
-        "ferryman.workers.http_app, ferryman.workers.dispatch, ferryman.supervisor.main;"
+        "import sys, ferryman, ferryman.cli, ferryman.frontend.main, "
+        "ferryman.frontend.http_app, ferryman.frontend.dispatch, ferryman.supervisor.main,"
+        " ferryman.supervisor.supervisor, ferryman.control.admin;"
         "bad = [m for m in ('litserve', 'fastapi', 'torch') if m in sys.modules];"
+        "bad += [m for m in sys.modules if m.startswith('ferryman.workers')];"
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)

@@ -87,12 +87,17 @@ def _try_post(s):
 def test_health_ready_info(serve):
     s = serve(app("echo:Echo"), "--api-path", "/v2/run", workers=2)
     assert s.get("/health").json()["status"] == "ok"
-    assert s.get("/ready").json() == {"status": "ready", "workers_ready": 2}
+    assert s.get("/ready").json() == {
+        "status": "ready",
+        "workers_ready": 2,
+        "models": {"echo": 2},
+    }
     info = s.get("/info").json()
-    assert info["model"] == "Echo"
+    assert info["model"] == "echo"  # the class name, lower-cased
     assert info["devices"] == ["cpu"]
     assert len(info["workers"]) == 2
     assert info["options"]["api_path"] == "/v2/run"
+    assert info["models"][0]["api_path"] == "/v2/run"
     assert "admin_token" not in info["options"]
     assert s.post("/v2/run", json={"input": 1}).json()["input"] == 1
     assert s.post("/predict", json={"input": 1}).status_code == 404

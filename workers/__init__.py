@@ -1,1 +1,1 @@
-"""What runs in the children: the user-facing API class, the inference worker, the API process."""
+"""The inference worker process: load the user's code, run its loop, answer API processes."""

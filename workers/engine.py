@@ -1,72 +1,57 @@
-"""The user-code pipeline of a worker: parse, decode, (batch), predict, (unbatch), encode.
+"""The inference worker's user-code pipeline: parse, decode, (batch), predict, (unbatch), encode.
 
-Transport-free: the worker loop hands in `Task`s and a `Sink` that ships answers. Every task gets
-exactly one final answer through the sink, whatever happens in user code, so that no request hangs
-and in-flight accounting in the API processes stays exact.
+Transport-free: the worker's loop hands in `Task`s and a `Sink` that ships answers, and owns all
+I/O. A job (`Engine.job(tasks)`) is a coroutine that answers every one of its tasks, exactly once
+each, whatever happens in user code, so that no request hangs and in-flight accounting in the
+API processes stays exact:
 
-Optional features (a `context` argument, callbacks) are resolved once, when the engine is built,
-so that a deployment that does not use them pays nothing per request.
+- with synchronous user code it never awaits anything but `calls.step()`, between two parts of a
+  stream: the loop drives it by hand, one part per step, reading its sockets in between, so a
+  Cancel that arrives mid-stream is seen by the loop and reaches the job as `task.cancelled`;
+- with async user code it is an asyncio task among many, awaiting the user's coroutines.
+
+Optional features (a `context` argument, callbacks, async methods) are resolved once, when the
+engine is built, so that a deployment that does not use them pays a flag test per request.
 """
 
 from __future__ import annotations
 
-import inspect
+import asyncio
 import logging
 import time
 import traceback
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from inspect import isawaitable
 from typing import Any, Protocol
 
-import msgspec
-from ferryman.workers.api import default_batch
+from ferryman.api import default_batch
+from ferryman.context import Context
+from ferryman.logs import kv
+from ferryman.options import ModelOptions
+from ferryman.workers import calls
+from ferryman.workers.calls import close, is_async_iter, step, takes_context
+from ferryman.workers.codecs import (
+    JSON,
+    Codec,
+    Failure,
+    Renderer,
+    RequestError,
+    build_codecs,
+    describe,
+)
+from ferryman.workers.fanout import FanOut
 from ferryman.workers.hooks import Callbacks
 
-from ferryman.logs import kv
+__all__ = ["Context", "Engine", "Sink", "Stats", "Task"]
 
 log = logging.getLogger("ferryman.worker")
 
-JSON = "application/json"
-NDJSON = "application/x-ndjson"
+_DONE = object()
 
-
-def _enc_hook(obj: Any) -> Any:
-    # numpy arrays and scalars, torch tensors: what models return most often.
-    tolist = getattr(obj, "tolist", None)
-    if callable(tolist):
-        return tolist()
-    # pydantic models: what LitServe users return from encode_response.
-    dump = getattr(obj, "model_dump", None)
-    if callable(dump):
-        return dump(mode="json")
-    raise TypeError(f"cannot encode {type(obj).__name__} as JSON")
-
-
-json_encode = msgspec.json.Encoder(enc_hook=_enc_hook).encode
-json_decode = msgspec.json.decode
-
-
-def error_body(kind: str, message: str) -> bytes:
-    return json_encode({"error": {"type": kind, "message": message}})
-
-
-def takes_context(fn: Any) -> bool:
-    """LitServe's convention: a method receives the request context when it has a parameter
-    named `context`."""
-    if fn is None:
-        return False
-    try:
-        return "context" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def overrides(api: Any, name: str, *bases: type) -> bool:
-    """True when the API's class defines `name` itself rather than inheriting a base's default."""
-    fn = getattr(type(api), name, None)
-    if fn is None:
-        return callable(getattr(api, name, None))  # set on the instance
-    return all(getattr(b, name, None) is not fn for b in bases)
+EXPIRED = Failure(
+    504, "timeout", "the request's deadline passed before it ran", "Request timed out"
+)
+CLOSED = Failure(499, "client_closed", "the request was cancelled", "Client closed request")
 
 
 class Task:
@@ -74,12 +59,16 @@ class Task:
 
     __slots__ = (
         "body",
-        "buf",
+        "cancelled",
         "ctx",
         "deadline",
+        "finished",
         "headers",
         "id",
+        "job",
         "link",
+        "query",
+        "renderer",
         "request",
         "route",
         "started",
@@ -96,200 +85,70 @@ class Task:
         headers: list[tuple[bytes, bytes]] | None,
         body: bytes,
         t_recv: float,
+        query: bytes = b"",
     ) -> None:
-        self.link = link
+        self.link = link  # where the answer goes: anything with a `name`
         self.id = id
         self.route = route
-        self.deadline = deadline
+        self.deadline = deadline  # time.monotonic(); 0.0: none
         self.headers = headers
+        self.query = query
         self.body = body
         self.t_recv = t_recv
         self.request: Any = None
         self.x: Any = None
         self.ctx: Context | None = None
+        self.renderer: Renderer | None = None
+        self.job: Any = None  # the loop's record of the job running it; None while queued
         self.started = False  # a streamed answer's first part has gone out
-        self.buf: list[bytes] | None = None  # an iterated predict whose answer is sent whole
-
-
-class Context(dict[str, Any]):
-    """The per-request context handed to user methods that take a `context` argument.
-
-    As in LitServe it is a dict, one per request (a list of them for batch-level methods), that
-    user code may read and write between decode_request, predict and encode_response; a spec puts
-    the request's fields there (OpenAI: everything but `messages`). Attributes say where the
-    request came from.
-    """
-
-    __slots__ = ("_headers", "_id", "deadline")
-
-    def __init__(self, request_id: str, deadline: float, headers: Any) -> None:
-        super().__init__()
-        self._id = request_id
-        self._headers = headers
-        self.deadline = deadline  # time.monotonic() after which the client has had its 504
-
-    @property
-    def headers(self) -> dict[str, str]:
-        """The HTTP request's headers, names in lower case."""
-        h = self._headers
-        if not isinstance(h, dict):
-            h = self._headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in (h or ())}
-        return h
+        self.finished = False  # its final message has gone out (set by the sink)
+        self.cancelled = False  # the API process gave up on it (set by the loop)
 
     @property
     def request_id(self) -> str:
-        """The client's X-Request-ID when it sent one, else an id unique within this server."""
-        return self.headers.get("x-request-id") or self._id
-
-    def time_left(self) -> float:
-        """Seconds until the request's deadline (negative once it passed)."""
-        return self.deadline - time.monotonic()
-
-    def __repr__(self) -> str:
-        return f"Context({dict.__repr__(self)}, request_id={self.request_id!r})"
+        if self.ctx is not None:
+            return self.ctx.request_id
+        return f"{self.link.name}-{self.id}"
 
 
 class Sink(Protocol):
-    def start(
+    """Where answers go (the worker's loop). A message with more=False is the task's final one;
+    the sink sets `task.finished` and ignores anything sent for a finished task."""
+
+    def reply(
         self,
         task: Task,
         status: int,
         content_type: str,
         body: bytes,
         more: bool = False,
-        queue_s: float = 0.0,
-        predict_s: float = 0.0,
-        batch_size: int = 1,
+        headers: list[tuple[str, str]] | None = None,
     ) -> None: ...
 
     def chunk(self, task: Task, body: bytes, more: bool) -> None: ...
 
-    def cancelled(self, task: Task, poll: bool = False) -> bool:
-        """True once the API process gave up on the task (client gone, deadline passed).
 
-        With poll, first read what arrived since (a stream checks between its items)."""
-        ...
+class Stats(Protocol):
+    def batch(self, n: int) -> None: ...
 
-
-class RequestError(Exception):
-    def __init__(self, status: int, kind: str, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.kind, self.message, self.param = status, kind, message, param
+    def request(self, queue_s: float, predict_s: float) -> None: ...
 
 
-class Codec:
-    """How a route's bodies are parsed and its answers rendered. Specs (OpenAI) subclass this.
-
-    `iterates`: predict's output is iterated (a generator), each item encoded as it comes;
-    `is_stream(request)`: those items also reach the client as they come (else the codec yields
-    one body at the end, and may yield b"" meanwhile so that a cancelled request is noticed).
-    `batch_encodes_streams`: with batching, encode_response sees the whole batch's stream, one
-    list per step (LitServe's way) instead of each request's own items.
-    """
-
-    content_type = JSON
-    stream_content_type = NDJSON
-    batch_encodes_streams = False
-    # The plain answer may carry its own status and content type (codec.answer instead of encode).
-    custom_answers = False
-
-    def __init__(self, api: Any, stream: bool) -> None:
-        self.api = api
-        self.stream = stream
-        self.iterates = stream
-        self.set_user_methods(
-            getattr(api, "decode_request", None), getattr(api, "encode_response", None)
-        )
-
-    def set_user_methods(self, decode: Any, encode: Any) -> None:
-        self.user_decode: Callable[..., Any] = decode or _identity
-        self.user_encode: Callable[..., Any] = encode or _identity
-        self.decode_ctx = takes_context(decode)
-        self.encode_ctx = takes_context(encode)
-
-    @property
-    def wants_context(self) -> bool:
-        return self.decode_ctx or self.encode_ctx
-
-    def parse(self, task: Task) -> Any:
-        if not task.body:
-            raise RequestError(400, "invalid_request", "the request body is empty; send JSON")
-        try:
-            return json_decode(task.body)
-        except msgspec.DecodeError as e:
-            raise RequestError(
-                400, "invalid_json", f"the request body is not valid JSON: {e}"
-            ) from None
-
-    def is_stream(self, request: Any) -> bool:
-        return self.stream
-
-    def populate(self, ctx: Context, request: Any) -> None:
-        """Put what the spec knows about the request into its context."""
-
-    def decode(self, request: Any, t: Task) -> Any:
-        if self.decode_ctx:
-            return self.user_decode(request, context=t.ctx)
-        return self.user_decode(request)
-
-    def encode_output(self, output: Any, ctx: Any) -> Any:
-        """encode_response on one request's output (or stream), or a batch's stream."""
-        if self.encode_ctx:
-            return self.user_encode(output, context=ctx)
-        return self.user_encode(output)
-
-    def encode(self, output: Any, t: Task) -> bytes:
-        if self.encode_ctx:
-            return json_encode(self.user_encode(output, context=t.ctx))
-        return json_encode(self.user_encode(output))
-
-    def answer(self, output: Any, t: Task) -> tuple[int, str, bytes]:
-        """(status, content type, body) of a plain answer; only with custom_answers."""
-        return 200, self.content_type, self.encode(output, t)
-
-    def encode_stream(self, outputs: Any, t: Task) -> Iterator[bytes]:
-        """One request's stream: encode_response over predict's items, each rendered."""
-        return self.render_stream(self.encode_output(outputs, t.ctx), t)
-
-    def render_stream(self, items: Iterable[Any], t: Task) -> Iterator[bytes]:
-        """Items already through encode_response, each rendered as one line of JSON."""
-        for item in items:
-            yield json_encode(item) + b"\n"
-
-    def error(self, e: Exception) -> tuple[int, bytes]:
-        status, kind, message = describe(e)
-        return status, error_body(kind, message)
-
-    def stream_error(self, e: Exception) -> bytes:
-        """The last part of a stream that failed after its headers went out."""
-        return self.error(e)[1] + b"\n"
-
-
-def _identity(x: Any) -> Any:
-    return x
-
-
-def build_codecs(api: Any, options: dict[str, Any]) -> dict[str, Codec]:
-    """Route name -> codec: "predict" (the api_path) and, with spec=openai, "chat"."""
-    from ferryman.workers import litserve_compat
-
-    if litserve_compat.is_litapi(api):
-        return litserve_compat.codecs(api, options)
-    codecs = {"predict": Codec(api, bool(options.get("stream")))}
-    if options.get("spec") == "openai":
-        from ferryman.workers.openai_spec import OpenAICodec
-
-        codecs["chat"] = OpenAICodec(api)
-    return codecs
+def _uses_async(api: Any, fns: list[Any]) -> bool:
+    return bool(getattr(api, "enable_async", False)) or any(calls.is_async(f) for f in fns)
 
 
 class Engine:
-    def __init__(self, api: Any, options: dict[str, Any], sink: Sink) -> None:
+    def __init__(
+        self, api: Any, options: ModelOptions, sink: Sink, stats: Stats | None = None
+    ) -> None:
         self.api = api
         self.sink = sink
-        self.max_batch_size = int(options.get("max_batch_size", 1))
+        self.stats = stats
+        self.max_batch_size = options.max_batch_size
         self.batching = self.max_batch_size > 1
-        self.codecs = build_codecs(api, options)
+        self.codecs = build_codecs(api, options.stream, options.spec)
+        self.default_codec = self.codecs["predict"]
         self.predict: Callable[..., Any] = api.predict
         self.batch: Callable[..., Any] = getattr(api, "batch", None) or default_batch
         self.unbatch: Callable[..., Any] = getattr(api, "unbatch", None) or list
@@ -302,192 +161,376 @@ class Engine:
             or (self.batching and (self.batch_ctx or self.unbatch_ctx))
             or any(c.wants_context for c in self.codecs.values())
         )
+        user_fns = [self.predict, *(f for c in self.codecs.values() for f in c.user_methods)]
+        if self.batching:
+            user_fns += [self.batch, self.unbatch]
+        # Async user code: many jobs in flight at once, each an asyncio task. Otherwise one job
+        # at a time, driven by the loop, and never an await on the way.
+        self.concurrent = _uses_async(api, user_fns)
+        # LitAPI's default unbatch of a stream iterates it synchronously; ours takes either kind.
+        self.lit_default_unbatch = _lit_default(api, "unbatch")
+        # Routes whose batches `run` answers at once: synchronous code that does not iterate.
+        self.now_routes = frozenset(
+            r for r, c in self.codecs.items() if not self.concurrent and not c.iterates
+        )
         cbs = Callbacks.of(api)
         self.before_predict = cbs.before_predict
         self.after_predict = cbs.after_predict
 
-    # -- entry point -----------------------------------------------------------------------------
+    # -- what the loop calls ---------------------------------------------------------------------
+
+    def job(self, tasks: list[Task]) -> Coroutine[Any, Any, None]:
+        """A coroutine that answers every task in `tasks` (one route, at most max_batch_size of
+        them): for async code, and for streams (see `run` for the rest)."""
+        return self._job(tasks)
+
+    def expire(self, t: Task) -> None:
+        """Its deadline passed before it ran: 504 (the API process may have answered already;
+        for a LitAPI it has not: the timeout counts only the wait before predict starts)."""
+        self._answer_failure(self._codec(t), t, EXPIRED)
+
+    def drop(self, t: Task) -> None:
+        """Cancelled before it ran: close the books on it (nobody listens)."""
+        self._answer_failure(self._codec(t), t, CLOSED)
+
+    def crash(self, t: Task, e: BaseException) -> None:
+        """The job running it failed outside user code: an internal error, so that it is not
+        left hanging."""
+        codec = self._codec(t)
+        if t.started:
+            self.sink.chunk(t, codec.stream_error(describe(e, t.request_id), t.request_id), False)
+        else:
+            self._answer_failure(codec, t, describe(e, t.request_id))
+
+    # -- synchronous code on a plain route: answered at once, no coroutine -----------------------
+
+    def runs_now(self, route: str) -> bool:
+        """`run` answers this route's batches (else `job`)."""
+        return route in self.now_routes
 
     def run(self, tasks: list[Task]) -> None:
-        """Answer every task in `tasks` (one route, at most max_batch_size of them)."""
-        codec = self.codecs.get(tasks[0].route)
-        if codec is None:
-            for t in tasks:
-                self._fail(None, t, RequestError(404, "not_found", f"no route {t.route!r}"))
+        """Answer every task in `tasks` now. The hot path of synchronous code, kept free of
+        coroutines: a job's coroutines and their driver cost a trivial request about a microsecond
+        more (a few percent of what the worker spends on it)."""
+        codec = self.codecs[tasks[0].route]
+        if self.batching:
+            ready = [t for t in tasks if self._decoded(codec, t)]
+            if ready:
+                self._run_batched_now(codec, ready)
             return
-        ready: list[Task] = []
-        now = time.monotonic()
         for t in tasks:
-            if now > t.deadline or self.sink.cancelled(t):
-                # The API process has answered already; close the books on it.
-                self.sink.start(t, 504, JSON, error_body("timeout", "expired before it ran"))
+            if not self._decoded(codec, t):
                 continue
+            stats = self.stats
+            if stats is not None:
+                stats.batch(1)
+            t0 = time.monotonic()
             try:
-                t.request = codec.parse(t)
+                if self.before_predict:
+                    self.before_predict(self.api)
+                out = self.predict(t.x, context=t.ctx) if self.predict_ctx else self.predict(t.x)
+            except Exception as e:
+                self._fail(codec, t, e, "predict")
+                continue
+            if self.after_predict:
+                self.after_predict(self.api)
+            if stats is not None:
+                stats.request(t0 - t.t_recv, time.monotonic() - t0)
+            self._answer_now(codec, t, out)
+
+    def _decoded(self, codec: Codec, t: Task) -> bool:
+        try:
+            t.request = request = codec.parse(t.body)
+            if self.context:
+                t.ctx = Context(f"{t.link.name}-{t.id}", t.deadline, t.headers, t.query)
+                codec.populate(t.ctx, request)
+            t.x = codec.decode(request, t.ctx)
+        except Exception as e:
+            self._fail(codec, t, e, "decode_request")
+            return False
+        return True
+
+    def _run_batched_now(self, codec: Codec, tasks: list[Task]) -> None:
+        n = len(tasks)
+        ctxs = [t.ctx for t in tasks] if self.context else None
+        if self.stats is not None:
+            self.stats.batch(n)
+        t0 = time.monotonic()
+        try:
+            xs = [t.x for t in tasks]
+            x = self.batch(xs, context=ctxs) if self.batch_ctx else self.batch(xs)
+            if self.before_predict:
+                self.before_predict(self.api)
+            y = self.predict(x, context=ctxs) if self.predict_ctx else self.predict(x)
+            outs = self.unbatch(y, context=ctxs) if self.unbatch_ctx else self.unbatch(y)
+            if len(outs) != n:
+                raise RuntimeError(f"unbatch returned {len(outs)} outputs for a batch of {n}")
+        except Exception as e:
+            self._fail_all(codec, tasks, e, "predict")
+            return
+        if self.after_predict:
+            self.after_predict(self.api)
+        t1 = time.monotonic()
+        for t, out in zip(tasks, outs, strict=True):
+            if self.stats is not None:
+                self.stats.request(t0 - t.t_recv, t1 - t0)
+            self._answer_now(codec, t, out)
+
+    def _answer_now(self, codec: Codec, t: Task, out: Any) -> None:
+        try:
+            status, content_type, body, headers = codec.answer(codec.encode(out, t.ctx))
+        except Exception as e:
+            self._fail(codec, t, e, "encode_response")
+            return
+        self.sink.reply(t, status, content_type, body, False, headers)
+
+    # -- jobs: async code, and streams -------------------------------------------------------------
+
+    async def _job(self, tasks: list[Task]) -> None:
+        try:
+            codec = self.codecs.get(tasks[0].route)
+            if codec is None:
+                for t in tasks:
+                    self._fail(self.default_codec, t, RequestError(404, "not_found", "no route"))
+                return
+            ready = await self._decode(codec, tasks)
+            if not ready:
+                return
+            if codec.iterates:
+                for t in ready:
+                    t.renderer = codec.renderer(t.request)
+                if self.batching:
+                    await self._stream_batched(codec, ready)
+                else:
+                    for t in ready:
+                        await self._stream_one(codec, t)
+            elif self.batching:
+                await self._run_batched(codec, ready)
+            else:
+                for t in ready:
+                    await self._run_one(codec, t)
+        except asyncio.CancelledError:
+            # Every client of the job went away (the loop cancels only then): end the books.
+            for t in tasks:
+                self.cut(t)
+
+    async def _decode(self, codec: Codec, tasks: list[Task]) -> list[Task]:
+        if not self.concurrent:
+            return [t for t in tasks if self._decoded(codec, t)]
+        ready: list[Task] = []
+        for t in tasks:
+            try:
+                t.request = request = codec.parse(t.body)
                 if self.context:
-                    t.ctx = Context(f"{t.link.name}-{t.id}", t.deadline, t.headers)
-                    codec.populate(t.ctx, t.request)
-                t.x = codec.decode(t.request, t)
+                    t.ctx = Context(f"{t.link.name}-{t.id}", t.deadline, t.headers, t.query)
+                    codec.populate(t.ctx, request)
+                x = codec.decode(request, t.ctx)
+                if isawaitable(x):
+                    x = await x
             except Exception as e:
                 self._fail(codec, t, e, "decode_request")
                 continue
+            t.x = x
             ready.append(t)
-        if not ready:
-            return
-        if codec.iterates:
-            for t in ready:
-                if not codec.is_stream(t.request):
-                    t.buf = []
-            if self.batching:
-                self._stream_batched(codec, ready)
-            else:
-                for t in ready:
-                    self._stream_one(codec, t)
-        elif self.batching:
-            self._run_batched(codec, ready)
-        else:
-            for t in ready:
-                self._run_one(codec, t)
+        return ready
 
-    # -- user calls ------------------------------------------------------------------------------
-
-    def _predict(self, x: Any, ctx: Any) -> Any:
-        if self.before_predict:
-            self.before_predict(self.api)
-        if self.predict_ctx:
-            return self.predict(x, context=ctx)
-        return self.predict(x)
-
-    def _batch(self, xs: list[Any], ctxs: Any) -> Any:
-        return self.batch(xs, context=ctxs) if self.batch_ctx else self.batch(xs)
-
-    def _unbatch(self, y: Any, ctxs: Any) -> Any:
-        return self.unbatch(y, context=ctxs) if self.unbatch_ctx else self.unbatch(y)
-
-    # -- plain requests ----------------------------------------------------------------------------
-
-    def _run_one(self, codec: Codec, t: Task) -> None:
-        # The hot path of an unbatched request: calls inlined, features off cost a flag test.
+    async def _run_one(self, codec: Codec, t: Task) -> None:
+        stats = self.stats
+        if stats is not None:
+            stats.batch(1)
         t0 = time.monotonic()
         try:
             if self.before_predict:
                 self.before_predict(self.api)
             out = self.predict(t.x, context=t.ctx) if self.predict_ctx else self.predict(t.x)
+            if self.concurrent and isawaitable(out):
+                out = await out
         except Exception as e:
             self._fail(codec, t, e, "predict")
             return
         if self.after_predict:
             self.after_predict(self.api)
-        self._answer(codec, t, out, t0 - t.t_recv, time.monotonic() - t0, 1)
+        if stats is not None:
+            stats.request(t0 - t.t_recv, time.monotonic() - t0)
+        await self._answer(codec, t, out)
 
-    def _run_batched(self, codec: Codec, tasks: list[Task]) -> None:
-        t0 = time.monotonic()
+    async def _run_batched(self, codec: Codec, tasks: list[Task]) -> None:
+        n = len(tasks)
         ctxs = [t.ctx for t in tasks] if self.context else None
+        if self.stats is not None:
+            self.stats.batch(n)
+        t0 = time.monotonic()
         try:
-            outs = self._unbatch(self._predict(self._batch([t.x for t in tasks], ctxs), ctxs), ctxs)
-            if len(outs) != len(tasks):
-                raise RuntimeError(
-                    f"unbatch returned {len(outs)} outputs for a batch of {len(tasks)}"
-                )
+            x = await self._call(self.batch, self.batch_ctx, [t.x for t in tasks], ctxs)
+            if self.before_predict:
+                self.before_predict(self.api)
+            y = await self._call(self.predict, self.predict_ctx, x, ctxs)
+            outs = await self._call(self.unbatch, self.unbatch_ctx, y, ctxs)
+            if len(outs) != n:
+                raise RuntimeError(f"unbatch returned {len(outs)} outputs for a batch of {n}")
         except Exception as e:
-            self._log_exc(e, "predict")
-            for t in tasks:
-                self._fail(codec, t, e, "predict", logged=True)
+            self._fail_all(codec, tasks, e, "predict")
             return
         if self.after_predict:
             self.after_predict(self.api)
         t1 = time.monotonic()
-        n = len(tasks)
         for t, out in zip(tasks, outs, strict=True):
-            self._answer(codec, t, out, t0 - t.t_recv, t1 - t0, n)
+            if self.stats is not None:
+                self.stats.request(t0 - t.t_recv, t1 - t0)
+            await self._answer(codec, t, out)
 
-    def _answer(
-        self, codec: Codec, t: Task, out: Any, queue_s: float, predict_s: float, n: int
-    ) -> None:
+    async def _answer(self, codec: Codec, t: Task, out: Any) -> None:
         try:
-            if codec.custom_answers:
-                status, content_type, body = codec.answer(out, t)
-            else:
-                status, content_type, body = 200, codec.content_type, codec.encode(out, t)
+            encoded = codec.encode(out, t.ctx)
+            if self.concurrent and isawaitable(encoded):
+                encoded = await encoded
+            status, content_type, body, headers = codec.answer(encoded)
         except Exception as e:
             self._fail(codec, t, e, "encode_response")
             return
-        self.sink.start(t, status, content_type, body, False, queue_s, predict_s, n)
+        self.sink.reply(t, status, content_type, body, False, headers)
+
+    async def _call(self, fn: Callable[..., Any], ctx_arg: bool, x: Any, ctxs: Any) -> Any:
+        out = fn(x, context=ctxs) if ctx_arg else fn(x)
+        if self.concurrent and isawaitable(out):
+            out = await out
+        return out
 
     # -- iterated predicts: streams, and OpenAI answers sent whole ---------------------------------
 
-    def _stream_one(self, codec: Codec, t: Task) -> None:
+    async def _stream_one(self, codec: Codec, t: Task) -> None:
+        if self.stats is not None:
+            self.stats.batch(1)
         t0 = time.monotonic()
-        out = None
+        out = stream = None
         try:
-            out = self._predict(t.x, t.ctx)
-            bodies = codec.encode_stream(out, t)
+            if self.before_predict:
+                self.before_predict(self.api)
+            out = self.predict(t.x, context=t.ctx) if self.predict_ctx else self.predict(t.x)
+            if self.concurrent and isawaitable(out):
+                out = await out
+            stream = await self._encoded_stream(codec, out, t.ctx)
         except Exception as e:
-            _close(out)
+            await close(out)
             self._fail(codec, t, e, "predict")
             return
         try:
-            self._pump(codec, [t], [bodies], None, t0)
+            await self._pump(codec, [t], [stream], None, t0)
         finally:
-            _close(bodies)
-            _close(
-                out
-            )  # a cut stream's predict ends here (GeneratorExit), not at garbage collection
+            # A cut stream's encode_response, then predict, end here (GeneratorExit at their
+            # yield), not at garbage collection.
+            await close(stream)
+            await close(out)
 
-    def _stream_batched(self, codec: Codec, tasks: list[Task]) -> None:
-        """predict yields batched items; each request's encode_response gets its own items."""
-        t0 = time.monotonic()
+    async def _stream_batched(self, codec: Codec, tasks: list[Task]) -> None:
+        """predict yields batched items; each request's encode_response gets its own items
+        (or, LitServe's way, encode_response gets the batch's stream, one list per step)."""
+        n = len(tasks)
         ctxs = [t.ctx for t in tasks] if self.context else None
-        steps = None
+        if self.stats is not None:
+            self.stats.batch(n)
+        t0 = time.monotonic()
+        steps = source = None
         try:
-            steps = self._predict(self._batch([t.x for t in tasks], ctxs), ctxs)
+            x = await self._call(self.batch, self.batch_ctx, [t.x for t in tasks], ctxs)
+            if self.before_predict:
+                self.before_predict(self.api)
+            steps = await self._call(self.predict, self.predict_ctx, x, ctxs)
             if codec.batch_encodes_streams:
-                source = iter(codec.encode_output(self._unbatch(steps, ctxs), ctxs))
+                source = await self._encoded_stream(codec, self._unbatch_whole(steps, ctxs), ctxs)
             else:
-                source = (self._unbatch(step, ctxs) for step in steps)
+                source = self._unbatch_steps(steps, ctxs)
         except Exception as e:
-            _close(steps)
-            self._log_exc(e, "predict")
-            for t in tasks:
-                self._fail(codec, t, e, "predict", logged=True)
+            await close(steps)
+            self._fail_all(codec, tasks, e, "predict")
             return
-        fan = FanOut(source, len(tasks))
-        per_request = codec.render_stream if codec.batch_encodes_streams else codec.encode_stream
-        bodies = [per_request(fan.stream(i), t) for i, t in enumerate(tasks)]
+        fan = FanOut(source, n)
+        aio = is_async_iter(source)
+        parts: list[Any] = [fan.astream(i) if aio else fan.stream(i) for i in range(n)]
+        streams: list[Any] = []
+        for i, t in enumerate(tasks):
+            if codec.batch_encodes_streams:
+                streams.append(parts[i])
+                continue
+            try:
+                streams.append(await self._encoded_stream(codec, parts[i], t.ctx))
+            except Exception as e:
+                streams.append(_raising(e))
         try:
-            self._pump(codec, tasks, bodies, fan, t0)
+            await self._pump(codec, tasks, streams, fan, t0)
         finally:
-            for b in bodies:
-                _close(b)
-            _close(source)
-            _close(steps)
+            for s in streams:
+                await close(s)
+            for s in parts:
+                await close(s)
+            await close(source)
+            await close(steps)
 
-    def _pump(
+    async def _encoded_stream(self, codec: Codec, outputs: Any, ctx: Any) -> Any:
+        """encode_response over a stream, as an iterator (or async iterator) of its items."""
+        encoded = codec.encode(outputs, ctx)
+        if self.concurrent and isawaitable(encoded):
+            encoded = await encoded
+        items = codec.items(encoded)
+        if hasattr(items, "__aiter__"):
+            return items.__aiter__()
+        return iter(items)
+
+    def _unbatch_steps(self, steps: Any, ctxs: Any) -> Any:
+        """The batch's stream, unbatch applied to each step: one list per step."""
+        unbatch, ctx_arg = self.unbatch, self.unbatch_ctx
+        if self.concurrent:
+            return self._aunbatch_steps(steps, unbatch, ctx_arg, ctxs)
+        return (unbatch(s, context=ctxs) if ctx_arg else unbatch(s) for s in steps)
+
+    async def _aunbatch_steps(
+        self, steps: Any, unbatch: Callable[..., Any], ctx_arg: bool, ctxs: Any
+    ) -> Any:
+        if hasattr(steps, "__aiter__"):
+            async for s in steps:
+                yield await self._call(unbatch, ctx_arg, s, ctxs)
+        else:
+            for s in steps:
+                yield await self._call(unbatch, ctx_arg, s, ctxs)
+
+    def _unbatch_whole(self, steps: Any, ctxs: Any) -> Any:
+        """LitServe's way: unbatch takes the batch's whole stream and yields one list per step."""
+        if self.lit_default_unbatch and hasattr(steps, "__aiter__"):
+            return self._aunbatch_steps(steps, list, False, None)
+        return self.unbatch(steps, context=ctxs) if self.unbatch_ctx else self.unbatch(steps)
+
+    async def _pump(
         self,
         codec: Codec,
         tasks: list[Task],
-        bodies: list[Iterator[bytes]],
+        streams: list[Any],
         fan: FanOut | None,
         t0: float,
     ) -> None:
-        """Take one part from each request's stream in turn and ship it, until all are done.
+        """Take one part from each request's stream in turn and ship it, until all are done;
+        hand control to the loop after each round.
 
-        Between parts, a request whose client went away is dropped: its generators are closed
-        (GeneratorExit inside predict, for an unbatched stream), and once a batch has no request
-        left, the batch's predict is closed too.
+        A request whose client went away (the loop set `cancelled`) is dropped at its next turn:
+        its generators are closed, and once a batch has no request left, the batch's predict is
+        closed too.
         """
-        n = len(tasks)
-        live = list(range(n))
         sink = self.sink
+        live = list(range(len(tasks)))
+        aio = [is_async_iter(s) for s in streams]
         while live:
             for i in tuple(live):
                 t = tasks[i]
-                try:
-                    body = next(bodies[i])
-                except StopIteration:
+                if t.cancelled:
                     live.remove(i)
-                    self._finish(codec, t, t0, n)
+                    await self._leave(t, streams[i], fan, i)
                     continue
+                try:
+                    item = await anext(streams[i], _DONE) if aio[i] else next(streams[i], _DONE)
+                    if item is _DONE:
+                        live.remove(i)
+                        self._finish(codec, t, t0)
+                        continue
+                    body = t.renderer.item(item)  # type: ignore[union-attr]
                 except Exception as e:
                     live.remove(i)
                     logged = False
@@ -498,149 +541,101 @@ class Engine:
                     self._stream_failed(codec, t, e, logged)
                     continue
                 if body:
-                    if t.buf is not None:
-                        t.buf.append(body)
-                    elif t.started:
+                    if t.started:
                         sink.chunk(t, body, True)
                     else:
                         t.started = True
-                        sink.start(
-                            t,
-                            200,
-                            codec.stream_content_type,
-                            body,
-                            True,
-                            t0 - t.t_recv,
-                            time.monotonic() - t0,
-                            n,
-                        )
-                if sink.cancelled(t, poll=True):
-                    live.remove(i)
-                    _close(bodies[i])
-                    if fan is not None:
-                        fan.drop(i)
-                    if t.started:
-                        sink.chunk(t, b"", False)
-                    else:  # nobody listens: this only closes the books
-                        sink.start(t, 499, JSON, error_body("client_closed", "cancelled"))
+                        sink.reply(t, 200, codec.stream_content_type, body, True)
+                        if self.stats is not None:
+                            self.stats.request(t0 - t.t_recv, time.monotonic() - t0)
+            if live:
+                await step()
         if self.after_predict:
             self.after_predict(self.api)
 
-    def _finish(self, codec: Codec, t: Task, t0: float, n: int) -> None:
-        if t.started:
-            self.sink.chunk(t, b"", False)
+    async def _leave(self, t: Task, stream: Any, fan: FanOut | None, i: int) -> None:
+        if fan is not None:
+            fan.drop(i)
+        await close(stream)
+        self.cut(t)
+
+    def _finish(self, codec: Codec, t: Task, t0: float) -> None:
+        renderer = t.renderer
+        assert renderer is not None
+        try:
+            tail = renderer.end()
+        except Exception as e:
+            self._stream_failed(codec, t, e, False)
             return
-        whole = t.buf is not None
-        self.sink.start(
-            t,
-            200,
-            codec.content_type if whole else codec.stream_content_type,
-            b"".join(t.buf) if t.buf else b"",  # an empty stream is still a 200
-            False,
-            t0 - t.t_recv,
-            time.monotonic() - t0,
-            n,
-        )
+        if t.started:
+            self.sink.chunk(t, tail, False)
+            return
+        content_type = codec.content_type if renderer.whole else codec.stream_content_type
+        self.sink.reply(t, 200, content_type, tail)  # an empty stream is still a 200
+        if self.stats is not None:
+            self.stats.request(t0 - t.t_recv, time.monotonic() - t0)
 
     def _stream_failed(self, codec: Codec, t: Task, e: Exception, logged: bool) -> None:
         if not t.started:
             self._fail(codec, t, e, "predict", logged=logged)
             return
-        if not logged:
-            self._log_exc(e, "predict")
-        self.sink.chunk(t, codec.stream_error(e), False)
+        rid = t.request_id
+        f = describe(e, rid)
+        if f.status >= 500 and not logged:
+            _log_exc(e, "predict", rid)
+        self.sink.chunk(t, codec.stream_error(f, rid), False)
+
+    def cut(self, t: Task) -> None:
+        """End a request whose client went away, whatever state it is in."""
+        if t.finished:
+            return
+        if t.started:
+            self.sink.chunk(t, b"", False)
+        else:
+            self.drop(t)
 
     # -- errors ------------------------------------------------------------------------------------
 
+    def _codec(self, t: Task) -> Codec:
+        return self.codecs.get(t.route) or self.default_codec
+
     def _fail(
-        self, codec: Codec | None, t: Task, e: Exception, stage: str = "", logged: bool = False
+        self, codec: Codec, t: Task, e: Exception, stage: str = "", logged: bool = False
     ) -> None:
-        if codec is None:
-            status, kind, message = describe(e)
-            body = error_body(kind, message)
-        else:
-            status, body = codec.error(e)
-        if status >= 500 and not logged:
-            self._log_exc(e, stage)
-        self.sink.start(t, status, JSON, body)
+        rid = t.request_id
+        f = describe(e, rid)
+        if f.status >= 500 and not logged:
+            _log_exc(e, stage, rid)
+        self._answer_failure(codec, t, f)
 
-    def _log_exc(self, e: Exception, stage: str) -> None:
-        log.error(
-            f"{stage} raised {type(e).__name__}: {e}",
-            extra=kv(stage=stage, traceback="".join(traceback.format_exception(e)).rstrip()),
-        )
+    def _fail_all(self, codec: Codec, tasks: list[Task], e: Exception, stage: str) -> None:
+        _log_exc(e, stage, ",".join(t.request_id for t in tasks))
+        for t in tasks:
+            self._fail(codec, t, e, stage, logged=True)
 
-
-class FanOut:
-    """Splits a batch's stream into one stream per request.
-
-    `source` yields, per step, a list with one item per request. A request's stream advances the
-    source only when it has nothing buffered, so predict runs once for the batch while each
-    request's encode_response consumes its own items, in order, at its own pace. An error in the
-    source ends every request's stream (after what was buffered for it) with that error.
-    """
-
-    __slots__ = ("done", "error", "live", "logged", "n", "queues", "source")
-
-    def __init__(self, source: Iterator[Any], n: int) -> None:
-        self.source = source
-        self.n = n
-        self.queues: list[deque[Any]] = [deque() for _ in range(n)]
-        self.live = [True] * n
-        self.done = False
-        self.error: Exception | None = None
-        self.logged = False
-
-    def stream(self, i: int) -> Iterator[Any]:
-        q = self.queues[i]
-        while True:
-            if q:
-                yield q.popleft()
-            elif self.done:
-                if self.error is not None:
-                    raise self.error
-                return
-            else:
-                self._step()
-
-    def _step(self) -> None:
-        try:
-            parts = next(self.source)
-            if len(parts) != self.n:
-                raise RuntimeError(
-                    f"unbatch returned {len(parts)} items for a batch of {self.n} streams"
-                )
-        except StopIteration:
-            self.done = True
-            return
-        except Exception as e:
-            self.done = True
-            self.error = e
-            return
-        for i, part in enumerate(parts):
-            if self.live[i]:
-                self.queues[i].append(part)
-
-    def drop(self, i: int) -> None:
-        self.live[i] = False
-        self.queues[i].clear()
+    def _answer_failure(self, codec: Codec, t: Task, f: Failure) -> None:
+        self.sink.reply(t, f.status, JSON, codec.error_body(f, t.request_id))
 
 
-def describe(e: Exception) -> tuple[int, str, str]:
-    """(status, error type, message) of an exception raised while answering a request."""
-    if isinstance(e, RequestError):
-        return e.status, e.kind, e.message
-    status = getattr(e, "status_code", None)
-    if isinstance(status, int) and 400 <= status <= 599:
-        detail = getattr(e, "detail", None)
-        return status, "http_exception", str(detail if detail is not None else e)
-    return 500, "internal_error", f"{type(e).__name__}: {e}"
+def _log_exc(e: BaseException, stage: str, request_id: str) -> None:
+    log.error(
+        f"{stage} raised {type(e).__name__}: {e}",
+        extra=kv(
+            stage=stage,
+            request_id=request_id,
+            traceback="".join(traceback.format_exception(e)).rstrip(),
+        ),
+    )
 
 
-def _close(gen: Any) -> None:
-    close = getattr(gen, "close", None)
-    if callable(close):
-        try:
-            close()
-        except Exception as e:  # a generator that ignores GeneratorExit must not kill the worker
-            log.warning(f"closing a generator raised {type(e).__name__}: {e}")
+def _raising(e: Exception) -> Iterator[Any]:
+    raise e
+    yield  # a generator: the error surfaces when the stream is first read
+
+
+def _lit_default(api: Any, name: str) -> bool:
+    from ferryman.workers import litserve_compat
+
+    return litserve_compat.is_litapi(api) and not calls.overrides(
+        api, name, litserve_compat.lit_api_class()
+    )

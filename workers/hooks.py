@@ -1,4 +1,4 @@
-"""Callbacks: user hooks around the server's life and each predict, as LitServe's offer.
+"""Callbacks in the inference worker: user hooks around its life and each predict, as LitServe's.
 
 An API lists them in a `callbacks` attribute. Each event resolves, once, to one function that
 calls every listener, or to None when nobody listens, so that an unused hook costs nothing.

@@ -1,36 +1,45 @@
-"""Serve a `litserve.LitAPI` subclass unchanged, the way LitServe would.
+"""Serve a `litserve.LitAPI` subclass unchanged, the way LitServe would, in the inference worker.
 
-Runs in inference workers only, and only touches litserve when the user's module imported it.
-What LitServe's server would do around the user's methods is done here: set `device`, call
-`pre_setup` (LitAPI's default unbatch needs it), honour the instance's stream / batching settings
-when the server's options are at their defaults, pass `context` to methods that ask for it,
-validate a pydantic-annotated decode_request argument, render streamed items with
-`format_encoded_response`, and answer a starlette/FastAPI `Response` as is. What ferryman cannot
-do is refused at startup with an error that names the method or setting.
+Only touches litserve when the user's module imported it. What LitServe's server would do around
+the user's methods is done here: set `device`, call `pre_setup` (LitAPI's default unbatch needs
+it), honour the instance's stream / batching settings when the server's options are at their
+defaults, pass `context` to methods that ask for it, validate a pydantic-annotated decode_request
+argument, render streamed items with `format_encoded_response`, answer a starlette/FastAPI
+`Response` as is, and shape errors as FastAPI does (`{"detail": ...}`). async methods and
+`enable_async=True` are served as LitServe serves them: many requests in flight at once. What
+ferryman cannot do is refused at startup with an error that names the method or setting.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import sys
-from collections.abc import Iterable, Iterator
 from typing import Any
 
-from ferryman.workers.engine import Codec, RequestError, Task, json_encode, overrides
+import msgspec
+
+from ferryman import errors
+from ferryman.logs import kv
+from ferryman.options import ModelOptions
+from ferryman.workers.calls import overrides
+from ferryman.workers.codecs import JSON, Codec, RequestError, json_encode
 from ferryman.workers.loader import AppError
 from ferryman.workers.openai_spec import OpenAICodec
 
-from ferryman.logs import kv
-
 log = logging.getLogger("ferryman.worker")
 
-USER_METHODS = ("decode_request", "predict", "encode_response", "batch", "unbatch")
-DEFAULTS = {"stream": False, "max_batch_size": 1, "batch_timeout": 0.0}
+# An instance's own settings, and the option defaults they win over.
+INSTANCE_SETTINGS = {"stream": False, "max_batch_size": 1, "batch_timeout": 0.0}
 
 
 def _litserve() -> Any:
     return sys.modules.get("litserve")
+
+
+def lit_api_class() -> type:
+    return _litserve().LitAPI
 
 
 def is_litapi(api: Any) -> bool:
@@ -38,50 +47,43 @@ def is_litapi(api: Any) -> bool:
     return ls is not None and isinstance(api, ls.LitAPI)
 
 
-def prepare(api: Any, options: dict[str, Any], device: str) -> None:
-    """Check what ferryman supports, settle the options, and do LitServe's pre-setup."""
+def prepare(api: Any, options: ModelOptions, device: str) -> ModelOptions:
+    """Check what ferryman supports, settle the options, and do LitServe's pre-setup.
+
+    Returns the options the worker runs with."""
     check(api, options)
     name = type(api).__name__
     # ferryman instantiates the class with no arguments, so its settings come from the server's
     # options; an instance built with settings (app.py:instance, Server(MyAPI(stream=True)))
     # keeps them where the option was left at its default.
-    for key, default in DEFAULTS.items():
+    changes: dict[str, Any] = {}
+    for key, default in INSTANCE_SETTINGS.items():
         mine = getattr(api, key, default)
-        if options.get(key, default) == default and mine != default:
-            options[key] = mine
+        if getattr(options, key) == default and mine != default:
+            changes[key] = mine
             log.info(f"using {name}'s {key}={mine!r}", extra=kv(option=key))
+    if changes:
+        options = msgspec.structs.replace(options, **changes)
     api_path = getattr(api, "_api_path", None)
-    if api_path and api_path not in ("/predict", options.get("api_path")) and not api.spec:
+    if api_path and api_path not in ("/predict", options.api_path) and not api.spec:
         log.warning(
             f"{name} was built with api_path={api_path!r} but the server routes "
-            f"{options.get('api_path')!r}: pass --api-path {api_path}",
+            f"{options.api_path!r}: pass --api-path {api_path}",
         )
-    api.stream = bool(options.get("stream"))
-    api.max_batch_size = int(options.get("max_batch_size", 1))
-    api.batch_timeout = float(options.get("batch_timeout", 0.0))
-    api.request_timeout = float(options.get("timeout", 30.0))
+    api.stream = options.stream
+    api.max_batch_size = options.max_batch_size
+    api.batch_timeout = options.batch_timeout
+    api.request_timeout = options.timeout if options.timeout is not None else -1
     api.device = device  # LitServe sets it after setup; before as well lets setup read it
     api.set_logger_queue(_LogQueue(name))
     api.pre_setup()
+    return options
 
 
-def check(api: Any, options: dict[str, Any]) -> None:
+def check(api: Any, options: ModelOptions) -> None:
     """Refuse, naming it, what a LitServe server would honour and ferryman would not."""
     ls = _litserve()
     name = type(api).__name__
-    if getattr(api, "enable_async", False):
-        raise AppError(
-            f"{name}: enable_async=True is not supported by ferryman; define synchronous "
-            "decode_request/predict/encode_response (each worker process runs one request "
-            "or batch at a time)"
-        )
-    for method in USER_METHODS:
-        fn = getattr(api, method, None)
-        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
-            raise AppError(
-                f"{name}.{method} is async; ferryman calls LitAPI methods synchronously: "
-                f"define it with plain def (and yield for a stream)"
-            )
     loop = getattr(api, "_loop", "auto")
     if loop not in ("auto", None):
         raise AppError(
@@ -102,7 +104,7 @@ def check(api: Any, options: dict[str, Any]) -> None:
                 f"{name}: spec={type(spec).__name__} is not supported by ferryman; "
                 "only OpenAISpec (--spec openai)"
             )
-        if options.get("spec") != "openai":
+        if options.spec != "openai":
             raise AppError(
                 f"{name} was built with spec=OpenAISpec(): start ferryman with --spec openai"
             )
@@ -118,9 +120,9 @@ def check(api: Any, options: dict[str, Any]) -> None:
         )
 
 
-def codecs(api: Any, options: dict[str, Any]) -> dict[str, Codec]:
-    out: dict[str, Codec] = {"predict": LitCodec(api, bool(options.get("stream")))}
-    if options.get("spec") == "openai":
+def codecs(api: Any, stream: bool, spec: str | None) -> dict[str, Codec]:
+    out: dict[str, Codec] = {"predict": LitCodec(api, stream)}
+    if spec == "openai":
         out["chat"] = LitOpenAICodec(api)
     return out
 
@@ -128,15 +130,35 @@ def codecs(api: Any, options: dict[str, Any]) -> dict[str, Codec]:
 def _user_method(api: Any, name: str) -> Any:
     """The user's own method, or None where LitAPI's default would consult its LitServe spec
     (ferryman's codecs do that part)."""
-    ls = _litserve()
-    return getattr(api, name) if overrides(api, name, ls.LitAPI) else None
+    return getattr(api, name) if overrides(api, name, lit_api_class()) else None
+
+
+class LitRenderer:
+    """Streamed items rendered by the LitAPI's format_encoded_response: LitServe's bytes."""
+
+    __slots__ = ("format",)
+    whole = False
+
+    def __init__(self, fmt: Any) -> None:
+        self.format = fmt
+
+    def item(self, item: Any) -> bytes:
+        out = self.format(item)
+        if isinstance(out, str):
+            return out.encode()
+        if isinstance(out, bytes):
+            return out
+        return json_encode(out) + b"\n"
+
+    def end(self) -> bytes:
+        return b""
 
 
 class LitCodec(Codec):
     """The api_path route of a LitAPI, rendered as LitServe renders it."""
 
+    shape = errors.LITSERVE
     batch_encodes_streams = True
-    custom_answers = True
 
     def __init__(self, api: Any, stream: bool) -> None:
         super().__init__(api, stream)
@@ -146,34 +168,29 @@ class LitCodec(Codec):
         self.request_model = _pydantic_model(_request_annotation(api))
         self.format = api.format_encoded_response
 
-    def parse(self, task: Task) -> Any:
-        request = super().parse(task)
+    def parse(self, body: bytes) -> Any:
+        request = super().parse(body)
         if self.request_model is not None:
             request = _validate(self.request_model, request)
         return request
 
-    def answer(self, output: Any, t: Task) -> tuple[int, str, bytes]:
-        encoded = self.encode_output(output, t.ctx)
+    def answer(self, encoded: Any) -> tuple[int, str, bytes, list[tuple[str, str]] | None]:
         body = getattr(encoded, "body", None)
         if isinstance(body, bytes) and hasattr(encoded, "status_code"):
-            # A starlette/FastAPI Response: its status, content type and body (other headers
-            # are not carried).
+            # A starlette/FastAPI Response: its status, content type, body and headers.
             ctype = getattr(encoded, "media_type", None) or encoded.headers.get(
                 "content-type", "application/octet-stream"
             )
-            return int(encoded.status_code), str(ctype), body
-        return 200, self.content_type, json_encode(encoded)
+            headers = [
+                (k.decode("latin-1"), v.decode("latin-1"))
+                for k, v in getattr(encoded, "raw_headers", ())
+                if k.lower() not in (b"content-type", b"content-length")
+            ]
+            return int(encoded.status_code), str(ctype), body, headers or None
+        return 200, JSON, json_encode(encoded), None
 
-    def render_stream(self, items: Iterable[Any], t: Task) -> Iterator[bytes]:
-        fmt = self.format
-        for item in items:
-            out = fmt(item)
-            if isinstance(out, str):
-                yield out.encode()
-            elif isinstance(out, bytes):
-                yield out
-            else:
-                yield json_encode(out) + b"\n"
+    def renderer(self, request: Any) -> LitRenderer:
+        return LitRenderer(self.format)
 
 
 class LitOpenAICodec(OpenAICodec):
@@ -193,13 +210,13 @@ class LitOpenAICodec(OpenAICodec):
     def populate(self, ctx: Any, request: Any) -> None:
         pass  # done in decode, from the validated request, defaults included (as LitServe)
 
-    def decode(self, request: Any, t: Task) -> Any:
+    def decode(self, request: Any, ctx: Any) -> Any:
         req = _validate(self.request_model, request, status=400)
-        if t.ctx is not None:
+        if ctx is not None:
             fields = req.model_dump()
             fields.pop("messages", None)
-            t.ctx.update(fields)
-        return super().decode(req, t)
+            ctx.update(fields)
+        return super().decode(req, ctx)
 
 
 def _request_annotation(api: Any) -> Any:
@@ -234,9 +251,22 @@ def _validate(model: Any, request: Any, status: int = 422) -> Any:
     try:
         return model.model_validate(request)
     except Exception as e:  # pydantic.ValidationError, without importing pydantic here
-        errors = getattr(e, "errors", None)
-        detail = str(errors(include_url=False)) if callable(errors) else str(e)
-        raise RequestError(status, "invalid_request", f"{model.__name__}: {detail}") from None
+        as_json = getattr(e, "json", None)
+        try:
+            # FastAPI's 422 detail: the list of errors, located in the body.
+            found = json.loads(as_json(include_url=False)) if callable(as_json) else None
+        except Exception:
+            found = None
+        if not isinstance(found, list):
+            raise RequestError(status, "invalid_request", f"{model.__name__}: {e}") from None
+        detail = [{**err, "loc": ["body", *err.get("loc", ())]} for err in found]
+        summary = "; ".join(
+            f"{'.'.join(str(p) for p in err.get('loc', ())) or 'body'}: {err.get('msg')}"
+            for err in found
+        )
+        raise RequestError(
+            status, "invalid_request", f"{model.__name__}: {summary}", detail=detail
+        ) from None
 
 
 class _LogQueue:

@@ -1,6 +1,5 @@
-"""Find the user's API: `path/to/app.py:Name`, `package.module:Name`, or a pickled instance.
-
-Runs in inference workers only: neither the supervisor nor the API processes import user code.
+"""Find the user's API, in the inference worker: `path/to/app.py:Name`, `package.module:Name`, or a
+pickled instance. Neither the supervisor nor the API processes ever import user code.
 """
 
 from __future__ import annotations
@@ -12,6 +11,8 @@ import os
 import pickle
 import sys
 from typing import Any
+
+from ferryman.options import ModelOptions
 
 REQUIRED = ("predict",)
 OPTIONAL = ("setup", "decode_request", "encode_response", "batch", "unbatch")
@@ -75,20 +76,19 @@ def check_api(api: Any) -> None:
             raise AppError(f"{type(api).__name__} has no {method}() method")
 
 
-def prepare(api: Any, options: dict[str, Any], device: str) -> None:
+def prepare(api: Any, options: ModelOptions, device: str) -> ModelOptions:
     """Adapt a LitServe API, and refuse settings that cannot work, before setup runs.
 
-    May change `options` (a LitAPI instance's own stream / batching settings)."""
+    Returns the options to run with (a LitAPI instance may bring its own stream / batching)."""
     from ferryman.workers import litserve_compat
 
     if litserve_compat.is_litapi(api):
-        litserve_compat.prepare(api, options, device)
-    if (
-        not options.get("stream")
-        and options.get("spec") is None
-        and inspect.isgeneratorfunction(getattr(api, "predict", None))
-    ):
+        options = litserve_compat.prepare(api, options, device)
+    predict = getattr(api, "predict", None)
+    generator = inspect.isgeneratorfunction(predict) or inspect.isasyncgenfunction(predict)
+    if generator and not options.stream and options.spec is None:
         raise AppError(
             f"{type(api).__name__}.predict is a generator: start the server with --stream "
             "(stream=True) to stream its items"
         )
+    return options

@@ -1,4 +1,4 @@
-"""The OpenAI chat completions route (`spec="openai"`): POST /v1/chat/completions.
+"""The OpenAI chat completions route (`spec="openai"`), as the inference worker renders it.
 
 LitServe's OpenAISpec conventions: predict receives the messages (or what decode_request returns
 from the whole request) and yields strings or {"role", "content"} dicts, optionally with
@@ -12,34 +12,20 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable, Iterator
 from typing import Any
 
-from ferryman.workers.api import API
-from ferryman.workers.engine import Codec, RequestError, Task, describe, json_encode, overrides
+from ferryman import errors
+from ferryman.api import API
+from ferryman.workers.calls import overrides
+from ferryman.workers.codecs import Codec, Failure, RequestError, json_encode
 
 SSE = "text/event-stream"
 USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
-_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    409: "conflict_error",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-}
-
-
-def openai_error(status: int, code: str, message: str, param: str | None = None) -> bytes:
-    """OpenAI's error body: {"error": {"message", "type", "param", "code"}}."""
-    kind = _TYPES.get(status) or ("invalid_request_error" if status < 500 else "server_error")
-    return json_encode({"error": {"message": message, "type": kind, "param": param, "code": code}})
-
 
 class OpenAICodec(Codec):
     stream_content_type = SSE
+    shape = errors.OPENAI
 
     def __init__(self, api: Any) -> None:
         super().__init__(api, stream=True)
@@ -52,8 +38,8 @@ class OpenAICodec(Codec):
             encode if overrides(api, "encode_response", API) else None,
         )
 
-    def parse(self, task: Task) -> Any:
-        request = super().parse(task)
+    def parse(self, body: bytes) -> Any:
+        request = super().parse(body)
         if not isinstance(request, dict):
             raise RequestError(400, "invalid_request", "the request body must be a JSON object")
         messages = request.get("messages")
@@ -80,89 +66,101 @@ class OpenAICodec(Codec):
         return request
 
     def is_stream(self, request: Any) -> bool:
-        return request.get("stream") is True
+        return _field(request, "stream") is True
 
     def populate(self, ctx: Any, request: Any) -> None:
         for k, v in request.items():
             if k != "messages":
                 ctx[k] = v
 
-    def render_stream(self, items: Iterable[Any], t: Task) -> Iterator[bytes]:
-        request = t.request
-        model = request.get("model") or self.model
-        head = {
+    def items(self, encoded: Any) -> Any:
+        if isinstance(encoded, str | dict) or not (
+            hasattr(encoded, "__iter__") or hasattr(encoded, "__aiter__")
+        ):
+            return [encoded]  # predict returned one answer instead of yielding it
+        return encoded
+
+    def renderer(self, request: Any) -> ChatRenderer:
+        return ChatRenderer(request, self.model, self.is_stream(request))
+
+    def stream_error(self, f: Failure, request_id: str) -> bytes:
+        return b"data: " + self.error_body(f, request_id) + b"\n\n"
+
+
+class ChatRenderer:
+    """One request's items as chat.completion.chunk events, or as one chat.completion."""
+
+    __slots__ = ("finish", "first", "head", "include_usage", "parts", "reported", "tool_calls",
+                 "usage", "whole")  # fmt: skip
+
+    def __init__(self, request: Any, model: str, stream: bool) -> None:
+        self.whole = not stream
+        self.head: dict[str, Any] = {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
             "object": "chat.completion.chunk",
             "created": int(time.time()),
-            "model": model,
+            "model": _field(request, "model") or model,
         }
-        usage = [0, 0, 0]
-        reported = False
-        finish = "stop"
-        if isinstance(items, str | dict) or not hasattr(items, "__iter__"):
-            items = [items]  # predict returned one answer instead of yielding it
-        if self.is_stream(request):
-            first = True
-            for item in items:
-                msg = message(item)
-                reported |= _take_usage(msg, usage)
-                finish = msg.pop("finish_reason", None) or finish
-                delta = {k: v for k, v in msg.items() if v is not None}
-                if first:
-                    first = False
-                elif delta.get("role") == "assistant":
-                    del delta["role"]  # as OpenAI does: the role comes with the first chunk only
-                if not delta:
-                    yield b""
-                    continue
-                yield _sse(
-                    {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
-                )
-            include = (request.get("stream_options") or {}).get("include_usage") is True
-            last: dict[str, Any] = {
-                **head,
-                "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
-            }
-            if reported and not include:
-                last["usage"] = _usage(usage)
-            yield _sse(last)
-            if include:  # OpenAI's stream_options: one more chunk, with no choices, for usage
-                yield _sse({**head, "choices": [], "usage": _usage(usage)})
-            yield b"data: [DONE]\n\n"
-            return
-        parts: list[str] = []
-        tool_calls = None
-        for item in items:
-            msg = message(item)
-            _take_usage(msg, usage)
-            finish = msg.pop("finish_reason", None) or finish
+        options = _field(request, "stream_options") or {}
+        include = options.get("include_usage") if isinstance(options, dict) else None
+        if include is None:
+            include = getattr(options, "include_usage", None)
+        self.include_usage = include is True
+        self.usage = [0, 0, 0]
+        self.reported = False
+        self.finish = "stop"
+        self.first = True
+        self.parts: list[str] = []
+        self.tool_calls: Any = None
+
+    def item(self, item: Any) -> bytes:
+        msg = message(item)
+        self.reported |= _take_usage(msg, self.usage)
+        self.finish = msg.pop("finish_reason", None) or self.finish
+        if self.whole:
             content = msg.get("content")
             if isinstance(content, str):
-                parts.append(content)
+                self.parts.append(content)
             if msg.get("tool_calls"):
-                tool_calls = msg["tool_calls"]
-            yield b""  # lets the engine see, between items, whether the client is still there
-        answer: dict[str, Any] = {
-            "role": "assistant",
-            "content": "".join(parts) if parts or not tool_calls else None,
-        }
-        if tool_calls:
-            answer["tool_calls"] = tool_calls
-        head["object"] = "chat.completion"
-        yield json_encode(
-            {
-                **head,
-                "choices": [{"index": 0, "message": answer, "finish_reason": finish}],
-                "usage": _usage(usage),
+                self.tool_calls = msg["tool_calls"]
+            return b""
+        delta = {k: v for k, v in msg.items() if v is not None}
+        if self.first:
+            self.first = False
+        elif delta.get("role") == "assistant":
+            del delta["role"]  # as OpenAI does: the role comes with the first chunk only
+        if not delta:
+            return b""
+        choice = {"index": 0, "delta": delta, "finish_reason": None}
+        return _sse({**self.head, "choices": [choice]})
+
+    def end(self) -> bytes:
+        if self.whole:
+            answer: dict[str, Any] = {
+                "role": "assistant",
+                "content": "".join(self.parts) if self.parts or not self.tool_calls else None,
             }
-        )
-
-    def error(self, e: Exception) -> tuple[int, bytes]:
-        status, kind, message = describe(e)
-        return status, openai_error(status, kind, message, getattr(e, "param", None))
-
-    def stream_error(self, e: Exception) -> bytes:
-        return b"data: " + self.error(e)[1] + b"\n\n"
+            if self.tool_calls:
+                answer["tool_calls"] = self.tool_calls
+            choice = {"index": 0, "message": answer, "finish_reason": self.finish}
+            return json_encode(
+                {
+                    **self.head,
+                    "object": "chat.completion",
+                    "choices": [choice],
+                    "usage": _usage(self.usage),
+                }
+            )
+        last: dict[str, Any] = {
+            **self.head,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": self.finish}],
+        }
+        if self.reported and not self.include_usage:
+            last["usage"] = _usage(self.usage)
+        out = _sse(last)
+        if self.include_usage:  # OpenAI's stream_options: one more chunk, no choices, for usage
+            out += _sse({**self.head, "choices": [], "usage": _usage(self.usage)})
+        return out + b"data: [DONE]\n\n"
 
 
 def message(item: Any) -> dict[str, Any]:
@@ -180,12 +178,18 @@ def message(item: Any) -> dict[str, Any]:
         msg = dict(item)
         msg.setdefault("role", "assistant")
         return msg
-    raise RequestError(
-        500,
-        "internal_error",
+    # The user's code broke the route's contract: a 500 whose text stays in the log.
+    raise TypeError(
         "predict (or encode_response) must yield strings or {'role': ..., 'content': ...} "
-        f"dicts; got {type(item).__name__}: {item!r:.200}",
+        f"dicts; got {type(item).__name__}: {item!r:.200}"
     )
+
+
+def _field(request: Any, name: str) -> Any:
+    """A request field, from the JSON dict or from LitServe's validated request object."""
+    if isinstance(request, dict):
+        return request.get(name)
+    return getattr(request, name, None)
 
 
 def _messages(request: dict[str, Any]) -> Any:

@@ -18,6 +18,9 @@ class Echo(ferryman.API):
         return request
 
     def predict(self, x):
+        if x.get("started"):  # tell the test this request is running, and where
+            with open(x["started"], "w") as f:
+                f.write(str(os.getpid()))
         if x.get("sleep"):
             time.sleep(float(x["sleep"]))
         if x.get("crash"):

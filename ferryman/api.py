@@ -1,4 +1,8 @@
-"""What a user subclasses: the LitServe-shaped API class, and the exception for a status."""
+"""What a user subclasses, run in the inference workers: the API class, callbacks, HTTPException.
+
+The class is LitServe-shaped (setup / decode_request / predict / encode_response, optional
+batch / unbatch); users import it from `ferryman`.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +36,10 @@ class API:
     Any of decode_request, predict, encode_response, batch and unbatch may take a `context`
     argument (by that name): the request's `ferryman.Context`, a list of them for batch-level
     calls. `callbacks = [MyCallback()]` on the class adds `ferryman.Callback` hooks.
+
+    Any of them may also be `async def` (predict and encode_response async generators when
+    streaming): the worker then runs on an event loop and keeps many requests in flight at once,
+    each awaiting on its own. Plain `def` methods run one request (or batch) at a time.
     """
 
     callbacks: list[Callback] = []

@@ -1,0 +1,37 @@
+"""How an inference worker sizes its batches: never wait in vain.
+
+A worker that has requests and room starts on them at once, unless more are known to be coming:
+the load board says that API processes have sent it requests it has not received yet (they are
+in the sockets, microseconds away). Only then does it wait, until they arrive, the batch is full,
+or `batch_timeout` has passed since the batch's first request. Requests that arrive while a
+batch runs form the next one. So a lone client never waits for a timer, and under load batches
+fill from what piled up during the previous predict.
+"""
+
+from __future__ import annotations
+
+# A timer fires to the millisecond at best (libuv): a wait shorter than this is not worth one.
+TIMER_SLACK = 0.001
+
+
+def wait_for_more(
+    pending: int, max_batch: int, in_transit: int, waited: float, batch_timeout: float
+) -> float:
+    """Seconds to wait for more requests before starting a batch of `pending`; 0.0: start now.
+
+    in_transit: requests sent to this worker that it has not received (from the load board);
+    waited: seconds since the oldest pending request arrived.
+    """
+    if pending >= max_batch or in_transit <= 0:
+        return 0.0
+    left = batch_timeout - waited
+    return left if left > TIMER_SLACK else 0.0
+
+
+def capacity_and_window(max_batch: int, concurrent: bool, async_capacity: int) -> tuple[int, int]:
+    """(capacity, window) a worker announces: requests it works on at once, and requests it
+    wants to hold so that the next batch forms while one runs."""
+    if concurrent:
+        capacity = max(async_capacity, max_batch)
+        return capacity, capacity + max(max_batch, 4)
+    return max_batch, max(4, 2 * max_batch)
