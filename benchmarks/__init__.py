@@ -1,1 +1,2 @@
-"""ferryman against bare uvicorn and LitServe, side by side: `python -m benchmarks [--quick]`."""
+"""ferryman against LitServe, BentoML, Ray Serve, TorchServe and bare uvicorn, side by side:
+`python -m benchmarks [--quick | --gpu]`."""

@@ -1,7 +1,9 @@
-"""python -m benchmarks [--quick]: ferryman against bare uvicorn and LitServe, side by side.
+"""python -m benchmarks [--quick | --gpu]: ferryman against LitServe, BentoML, Ray Serve,
+TorchServe and bare uvicorn, side by side.
 
 See the "Benchmarks" section of README.md. Every process started is killed on the way out, on
-error, Ctrl-C, SIGTERM or the overall --time-limit.
+error, Ctrl-C, SIGTERM or the overall --time-limit. `--gpu` hands over to benchmarks.gpu (its own
+flags: python -m benchmarks --gpu --help).
 """
 
 from __future__ import annotations
@@ -30,31 +32,33 @@ LETTERS = {
     "b": "batched",
     "c": "streamed",
     "f": "kill",
+    "g": "batchcase",
 }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="ferryman against bare uvicorn and LitServe on this machine, interleaved.",
+        description="ferryman against the other servers on this machine, interleaved.",
     )
     ap.add_argument(
         "--quick",
         action="store_true",
-        help="every scenario briefly, one round (what CI runs; well under 3 min)",
+        help="every scenario briefly, one round, LitServe, bare and ferryman only (what CI "
+        "runs; about 3 min)",
     )
     ap.add_argument("--rounds", type=int, help="interleaved rounds per scenario [3; quick 1]")
     ap.add_argument("--duration", type=float, help="seconds per measured wrk run [10; quick 2]")
     ap.add_argument("--warmup", type=float, help="seconds of warm-up load per peer [3; quick 1]")
     ap.add_argument(
         "--peers",
-        default=",".join(launch.PEERS),
-        help="comma-separated subset of litserve,bare,ferryman",
+        help=f"comma-separated subset of {','.join(launch.PEERS)} "
+        f"[all; quick: {','.join(launch.QUICK_PEERS)}]",
     )
     ap.add_argument(
         "--scenarios",
         default=",".join(GROUPS),
-        help="comma-separated subset of trivial,batched,streamed,kill (or the issue's letters a-f)",
+        help=f"comma-separated subset of {','.join(GROUPS)} (or the letters a-g)",
     )
     ap.add_argument(
         "--out",
@@ -71,9 +75,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--no-chart", action="store_true")
     ap.add_argument(
+        "--gpu",
+        action="store_true",
+        help="run the GPU benchmark instead (benchmarks/gpu.py; its flags: --gpu --help)",
+    )
+    ap.add_argument(
         "--time-limit",
         type=float,
-        help="stop everything after this many seconds [quick 600, full 3600]",
+        help="stop everything after this many seconds [quick 600, full 7200]",
     )
     return ap.parse_args(argv)
 
@@ -83,7 +92,7 @@ def _groups(spec: str) -> tuple[str, ...]:
     for item in filter(None, (s.strip() for s in spec.split(","))):
         name = LETTERS.get(item, item)
         if name not in GROUPS:
-            raise SystemExit(f"unknown scenario {item!r}: use {', '.join(GROUPS)} or a-f")
+            raise SystemExit(f"unknown scenario {item!r}: use {', '.join(GROUPS)} or a-g")
         wanted.add(name)
     return tuple(g for g in GROUPS if g in wanted)
 
@@ -101,7 +110,40 @@ def _watchdog(seconds: float) -> threading.Timer:
     return t
 
 
+def _peers(spec: str | None, quick: bool) -> tuple[str, ...]:
+    if spec is None:
+        return launch.QUICK_PEERS if quick else launch.PEERS
+    wanted = {p.strip() for p in spec.split(",") if p.strip()}
+    unknown = wanted - set(launch.PEERS)
+    if unknown or not wanted:
+        raise SystemExit(f"--peers: choose among {', '.join(launch.PEERS)}")
+    return tuple(p for p in launch.PEERS if p in wanted)
+
+
+def _install(
+    peers: tuple[str, ...], litserve: str, log: Callable[[str], None]
+) -> tuple[tuple[str, ...], list[str]]:
+    """Each peer's environment. A peer that cannot be installed is left out of the run, which
+    reports it as an error; the others still run. Returns (the peers that can run, errors)."""
+    ok, errors = [], []
+    for peer in peers:
+        try:
+            if peer in launch.VENV_PEERS:
+                tools.ensure_peer(peer, log, litserve if peer == "litserve" else None)
+        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+            errors.append(f"cannot install {launch.LABELS[peer]}: {e}")
+            log(f"{errors[-1]} (left out of this run)")
+        else:
+            ok.append(peer)
+    return tuple(ok), errors
+
+
 def main(argv: list[str] | None = None) -> int:
+    raw_argv = sys.argv[1:] if argv is None else argv
+    if "--gpu" in raw_argv:
+        from benchmarks import gpu
+
+        return gpu.main([a for a in raw_argv if a != "--gpu"])
     args = parse_args(argv)
     cfg = Config.make(args.quick)
     if args.rounds:
@@ -110,9 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.measure_s = args.duration
     if args.warmup is not None:
         cfg.warmup_s = args.warmup
-    cfg.peers = tuple(p for p in launch.PEERS if p in args.peers.split(","))
-    if not cfg.peers:
-        raise SystemExit(f"--peers: choose among {', '.join(launch.PEERS)}")
+    cfg.peers = _peers(args.peers, args.quick)
     cfg.groups = _groups(args.scenarios)
     cfg.litserve_fast_queue = args.litserve_fast_queue
     out = args.out or (HERE / "results" / "raw" / "quick" if args.quick else HERE / "results")
@@ -124,16 +164,12 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, flush=True)
 
     procs.install_handlers()
-    watchdog = _watchdog(args.time_limit or (600 if args.quick else 3600))
+    watchdog = _watchdog(args.time_limit or (600 if args.quick else 7200))
     started = time.monotonic()
     suite = Suite(cfg, raw, log)
     try:
-        if "litserve" in cfg.peers:
-            try:
-                tools.ensure_litserve(args.litserve, log)
-            except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-                log(f"cannot install {args.litserve}: {e} (--peers bare,ferryman runs without it)")
-                return 2
+        cfg.peers, install_errors = _install(cfg.peers, args.litserve, log)
+        suite.errors += install_errors
         suite.run()
     except KeyboardInterrupt:
         log("interrupted: stopping every process started")
@@ -147,9 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     medians = suite.medians()
     rows = report.targets(medians)
     mach = report.machine()
-    vers = report.versions(launch.litserve_python(), suite.wrk or "wrk")
+    vers = report.versions(cfg.peers, suite.wrk or "wrk")
     kind = (
-        "quick run (1 round, 2 s per measurement)"
+        f"quick run (1 round, {cfg.measure_s:.0f} s per measurement)"
         if args.quick
         else (
             f"full run ({cfg.rounds} interleaved rounds, {cfg.measure_s:.0f} s per measurement, "
@@ -157,14 +193,22 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    layouts = {p: launch.layout(p, cfg.counts) for p in cfg.peers}
     md = report.markdown(
-        medians, rows, mach, vers, f"Results: {kind}, {stamp}, {elapsed:.0f} s.", suite.errors
+        medians,
+        rows,
+        mach,
+        vers,
+        f"Results: {kind}, {stamp}, {elapsed:.0f} s.",
+        suite.errors,
+        layouts,
     )
     data = {
         "when": stamp,
         "elapsed_s": elapsed,
         "machine": mach,
         "versions": vers,
+        "layouts": layouts,
         "config": {
             k: v for k, v in vars(cfg).items() if isinstance(v, int | float | str | bool | tuple)
         }

@@ -1,7 +1,8 @@
-"""The model code every peer runs: one definition, three thin adapters (peers/).
+"""The model code every peer runs: one definition, one thin adapter per peer (peers/).
 
-Imported by the ferryman worker, by the LitServe workers (in the suite's own virtual environment,
-through PYTHONPATH) and by the bare uvicorn app, so it must depend on the standard library only.
+Imported by the ferryman worker, by the bare uvicorn app and by the other peers' model processes
+(each in the suite's own virtual environment for that peer, through PYTHONPATH), so it must
+depend on the standard library only.
 
 The batching model sleeps instead of spinning: it stands for device time (a GPU kernel), during
 which the CPU is free. On the 2-core benchmark machine a spinning model would steal the cores the
@@ -13,15 +14,22 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 BATCH_FIXED_S = 0.002  # per predict call, whatever the batch size
 BATCH_ITEM_S = 0.0001  # per request in the batch
+# The batching case (g): a costlier call, so that batching on and off differ by far.
+CASE_FIXED_S = 0.003
+CASE_ITEM_S = 0.0001
 STREAM_ITEMS = 256
 
 STATS_ENV = "BENCH_STATS_DIR"
 MODEL_ENV = "BENCH_MODEL"
 COUNT_ENV = "BENCH_COUNT_BATCHES"
+# Set for every peer; read by the adapters configured in code rather than by flags (BentoML's
+# decorators). A size of 0 or 1 is no batching.
+MAX_BATCH_ENV = "BENCH_MAX_BATCH_SIZE"
+BATCH_TIMEOUT_ENV = "BENCH_BATCH_TIMEOUT"
 FLUSH_EVERY_S = 0.1
 
 
@@ -32,6 +40,30 @@ def trivial(x: int) -> int:
 def batched(xs: list[int]) -> list[int]:
     time.sleep(BATCH_FIXED_S + BATCH_ITEM_S * len(xs))
     return [x * 2 for x in xs]
+
+
+def batchcase(xs: list[int]) -> list[int]:
+    time.sleep(CASE_FIXED_S + CASE_ITEM_S * len(xs))
+    return [x * 2 for x in xs]
+
+
+# The models whose predict takes a list (a batch) when the server batches; served one request per
+# call (`one`) when it does not.
+BATCH_MODELS: dict[str, Callable[[list[int]], list[int]]] = {
+    "batched": batched,
+    "batchcase": batchcase,
+}
+
+
+def one(model: str, x: int) -> int:
+    """One request through a batch model, or through the trivial one."""
+    fn = BATCH_MODELS.get(model)
+    return fn([x])[0] if fn is not None else trivial(x)
+
+
+def batching_from_env() -> tuple[int, float]:
+    """(max batch size, batch timeout s) as the suite set them for this peer; size <= 1: off."""
+    return int(os.environ.get(MAX_BATCH_ENV, "1")), float(os.environ.get(BATCH_TIMEOUT_ENV, "0"))
 
 
 def stream(x: int) -> Iterator[int]:

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from benchmarks.peers.launch import LABELS, PEERS
+from benchmarks.peers.launch import LABELS, PEERS, VENV_PEERS
 
 Medians = dict[str, dict[str, dict[str, Any]]]
 
@@ -140,6 +140,73 @@ def other_tables(m: Medians) -> str:
     return "\n".join(out)
 
 
+# The batching case's targets, for every peer that batches (g).
+CASE_P50_MAX = 1.5  # a lone client's p50, batching on / off
+CASE_RPS_MIN = 3.0  # req/s at 64 connections, batching on / off
+
+
+def case_ratios(m: Medians, peer: str, many: int = 64) -> tuple[float | None, float | None]:
+    """(p50 on / off at 1 connection, req/s on / off at `many` connections) for one peer."""
+    p50 = ratio(_get(m, "g1on", peer, "p50_ms"), _get(m, "g1off", peer, "p50_ms"))
+    rps = ratio(_get(m, f"g{many}on", peer, "rps"), _get(m, f"g{many}off", peer, "rps"))
+    return p50, rps
+
+
+def _met(r: float | None, ok: bool) -> str:
+    return "-" if r is None else ("yes" if ok else "**no**")
+
+
+def _pair(m: Medians, key: str, peer: str, field: str) -> str:
+    """`on / off` of one field of the batching case."""
+    return f"{fmt(_get(m, key + 'on', peer, field))} / {fmt(_get(m, key + 'off', peer, field))}"
+
+
+def batchcase_table(m: Medians, many: int = 64) -> str:
+    """(g): per peer, batching on against off; empty when the case did not run."""
+    ran = set(m.get("g1on", {})) | set(m.get("g1off", {}))
+    peers = [p for p in _peers(m) if p in ran]
+    if not peers:
+        return ""
+    out = [
+        f"(g) batching case: {_case_model()}; 1 connection (a lone client) and {many} "
+        "connections, batching on and off:",
+        "",
+        "| peer | p50 ms 1 conn on / off | p99 ms 1 conn on / off "
+        f"| p50 on ÷ off (≤ {CASE_P50_MAX}x) | req/s {many} conn on / off "
+        f"| req/s on ÷ off (≥ {CASE_RPS_MIN:.0f}x) | p99 ms {many} conn on / off | mean batch on |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    big = f"g{many}"
+    for peer in peers:
+        p50, rps = case_ratios(m, peer, many)
+        keys = ("g1on", "g1off", big + "on", big + "off")
+        errors = sum(int(_get(m, k, peer, "errors") or 0) for k in keys)
+        mb = fmt(_get(m, big + "on", peer, "mean_batch"))
+        out.append(
+            f"| {LABELS[peer]} | {_pair(m, 'g1', peer, 'p50_ms')} "
+            f"| {_pair(m, 'g1', peer, 'p99_ms')} "
+            f"| {fmt_ratio(p50)} {_met(p50, p50 is not None and p50 <= CASE_P50_MAX)} "
+            f"| {_pair(m, big, peer, 'rps')} "
+            f"| {fmt_ratio(rps)} {_met(rps, rps is not None and rps >= CASE_RPS_MIN)} "
+            f"| {_pair(m, big, peer, 'p99_ms')} | {mb}"
+            + (f" ({errors} errors)" if errors else "")
+            + " |"
+        )
+    out.append("")
+    return "\n".join(out)
+
+
+def _case_model() -> str:
+    from benchmarks import models
+    from benchmarks.peers.launch import Counts
+
+    c = Counts()
+    return (
+        f"{models.CASE_FIXED_S * 1e3:g} ms a call + {models.CASE_ITEM_S * 1e3:g} ms an item, "
+        f"max batch {c.case_max_batch_size}, batch timeout {c.case_batch_timeout * 1e3:g} ms"
+    )
+
+
 def _get(m: Medians, key: str, peer: str, field: str) -> Any:
     return m.get(key, {}).get(peer, {}).get(field)
 
@@ -200,6 +267,24 @@ def targets(m: Medians) -> list[dict[str, Any]]:
         f"RSS {fmt_ratio(ri)} idle, {fmt_ratio(rl)} loaded; PSS {fmt_ratio(pi)} idle, "
         f"{fmt_ratio(pl)} loaded",
         None if ri is None or rl is None else ri <= 1 and rl <= 1,
+    )
+    p50, rps = case_ratios(m, "ferryman")
+    add(
+        f"(g) batching: a lone client's p50, on ≤ {CASE_P50_MAX}x off",
+        fmt_ratio(p50)
+        + (
+            f" ({fmt(_get(m, 'g1on', 'ferryman', 'p50_ms'))} ms vs "
+            f"{fmt(_get(m, 'g1off', 'ferryman', 'p50_ms'))} ms)"
+            if p50 is not None
+            else ""
+        ),
+        None if p50 is None else p50 <= CASE_P50_MAX,
+    )
+    mb = _get(m, "g64on", "ferryman", "mean_batch")
+    add(
+        f"(g) batching: 64 conn req/s, on ≥ {CASE_RPS_MIN:.0f}x off",
+        fmt_ratio(rps) + (f", mean batch {fmt(mb)}" if rps is not None else ""),
+        None if rps is None else rps >= CASE_RPS_MIN,
     )
     f = m.get("f", {}).get("ferryman")
     if not f:
@@ -262,7 +347,9 @@ def machine() -> dict[str, Any]:
     }
 
 
-def versions(litserve_python: Path, wrk_path: str) -> dict[str, str]:
+def versions(peers: tuple[str, ...] | list[str], wrk_path: str) -> dict[str, str]:
+    from benchmarks import tools
+
     out: dict[str, str] = {}
     try:
         import starlette
@@ -277,17 +364,28 @@ def versions(litserve_python: Path, wrk_path: str) -> dict[str, str]:
         )
     except ImportError:
         pass
-    for name, cmd in (
-        ("litserve", [str(litserve_python), "-c", "import litserve; print(litserve.__version__)"]),
-        ("wrk", [wrk_path, "-v"]),
-    ):
-        try:
-            p = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-            text = (p.stdout + p.stderr).strip().splitlines()
-            out[name] = text[0].split(" [")[0].removeprefix("wrk ") if text else "?"
-        except (OSError, subprocess.TimeoutExpired):
-            out[name] = "?"
+    for peer in peers:
+        if peer in VENV_PEERS:
+            out[peer] = tools.peer_version(peer)
+    if "torchserve" in peers:
+        out["java"] = _first_line(["java", "-version"]).removeprefix("openjdk version ")
+    out["wrk"] = _first_line([wrk_path, "-v"]).split(" [")[0].removeprefix("wrk ")
     return out
+
+
+def _first_line(cmd: list[str]) -> str:
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    lines = (p.stdout + p.stderr).strip().splitlines()
+    return lines[0].strip('"') if lines else "?"
+
+
+def layouts_table(layouts: dict[str, str]) -> str:
+    lines = ["| peer | processes |", "|---|---|"]
+    lines += [f"| {LABELS[p]} | {layouts[p]} |" for p in PEERS if p in layouts]
+    return "\n".join(lines)
 
 
 def markdown(
@@ -297,6 +395,7 @@ def markdown(
     vers: dict[str, str],
     header: str,
     errors: list[str],
+    layouts: dict[str, str] | None = None,
 ) -> str:
     parts = [
         header,
@@ -306,10 +405,22 @@ def markdown(
         + ", ".join(f"{k} {v}" for k, v in vers.items())
         + ".",
         "",
+        *(
+            [
+                "Each peer's processes (where they are not 2 front-end + 2 model processes, "
+                "the system cannot do otherwise):",
+                "",
+                layouts_table(layouts),
+                "",
+            ]
+            if layouts
+            else []
+        ),
         wrk_table(m),
         "",
+        batchcase_table(m),
         other_tables(m),
-        "Targets of issue 7 (ferryman against the others in this run):",
+        "Targets of issue 7 and of the batching case (ferryman against the others in this run):",
         "",
         targets_table(rows),
     ]

@@ -1,14 +1,18 @@
 """The scenarios, and the interleaved rounds that run them.
 
-Each scenario group starts every peer fresh, once per round, in the order A B C A B C
-(LitServe, bare, ferryman), so that drift on a shared machine hits all peers alike:
+Each scenario group starts every peer fresh, once per round, in the order A B C ... A B C ...
+(launch.PEERS: LitServe, BentoML, Ray Serve, TorchServe, bare, ferryman), so that drift on a
+shared machine hits all peers alike:
 
-trivial   x*2; measures (e) start to first 200, (d) memory at idle, (a) 1 and 32 connections,
-          (d) memory under load (sampled during the 32-connection run)
-batched   fixed 2 ms + 0.1 ms per item, max_batch_size 8, batch_timeout 5 ms, 64 connections (b)
-streamed  256 items per request: time to first item one request at a time, then items/s under
-          wrk with 8 connections (c)
-kill      SIGKILL one worker under load: failed and hung requests, time until its slot serves (f)
+trivial    x*2; measures (e) start to first 200, (d) memory at idle, (a) 1 and 32 connections,
+           (d) memory under load (sampled during the 32-connection run)
+batched    fixed 2 ms + 0.1 ms per item, max_batch_size 8, batch_timeout 5 ms, 64 connections (b)
+batchcase  fixed 3 ms + 0.1 ms per item, max_batch_size 16, batch_timeout 50 ms, each peer that
+           batches started twice, batching on then off: 1 connection (p50, p99) and 64
+           connections (req/s, mean batch) (g)
+streamed   256 items per request: time to first item one request at a time, then items/s under
+           wrk with 8 connections (c)
+kill       SIGKILL one worker under load: failed and hung requests, time until its slot serves (f)
 """
 
 from __future__ import annotations
@@ -29,9 +33,9 @@ from typing import Any
 
 from benchmarks import httpclient, procs, wrk
 from benchmarks.peers import launch
-from benchmarks.peers.launch import Counts, Running
+from benchmarks.peers.launch import BATCHING_PEERS, Counts, Running
 
-GROUPS = ("trivial", "batched", "streamed", "kill")
+GROUPS = ("trivial", "batched", "batchcase", "streamed", "kill")
 HELD = re.compile(r"worker gone with requests in flight.*?failed=(\d+)")
 
 
@@ -108,8 +112,9 @@ class Suite:
     def run(self) -> None:
         self.prepare()
         for group in self.cfg.groups:
+            peers = [p for p in self.cfg.peers if runs_in(group, p)]
             for rnd in range(1, self.cfg.rounds + 1):
-                for peer in self.cfg.peers:
+                for peer in peers:
                     self._one(group, peer, rnd)
 
     def _record(self, key: str, peer: str, values: dict[str, Any]) -> None:
@@ -140,7 +145,7 @@ class Suite:
         return wrk.run(
             self.wrk,
             self.script,
-            f"http://127.0.0.1:{r.port}/predict",
+            r.url,
             connections,
             seconds,
             threads=self.cfg.wrk_threads,
@@ -207,6 +212,31 @@ class Suite:
         finally:
             r.stop(c.stop_grace_s)
 
+    # -- (g) -------------------------------------------------------------------------------------
+
+    def _batchcase(self, peer: str, run_dir: Path) -> None:
+        """The same model with batching on, then off: what batching costs a lone client (1
+        connection) and what it brings under load (64 connections)."""
+        c = self.cfg
+        for mode, on in (("on", True), ("off", False)):
+            sub = run_dir / mode
+            r = self._start(peer, "batchcase", sub, batching=on)
+            try:
+                self._wrk(r, c.batch_connections, c.warmup_s, sub, "warmup")
+                lone = self._wrk(r, 1, c.measure_s, sub, "c1")
+                calls0, items0 = r.batch_totals()
+                loaded = self._wrk(r, c.batch_connections, c.measure_s, sub, "measure")
+                time.sleep(0.25)  # the model's counters are flushed every 0.1 s
+                calls1, items1 = r.batch_totals()
+                self._check_alive(r)
+            finally:
+                r.stop(c.stop_grace_s)
+            self._record(f"g1{mode}", peer, lone.to_dict())
+            values: dict[str, Any] = loaded.to_dict()
+            calls = calls1 - calls0
+            values["mean_batch"] = (items1 - items0) / calls if calls > 0 else None
+            self._record(f"g{c.batch_connections}{mode}", peer, values)
+
     # -- (c) -------------------------------------------------------------------------------------
 
     def _streamed(self, peer: str, run_dir: Path) -> None:
@@ -226,7 +256,7 @@ class Suite:
                 for _ in range(c.ttfi_requests):
                     if time.monotonic() > deadline:
                         break
-                    resp = conn.post()
+                    resp = conn.post(r.path)
                     lines = resp.body.count(b"\n")
                     if resp.status != 200 or lines != STREAM_ITEMS:
                         raise RuntimeError(
@@ -263,7 +293,7 @@ class Suite:
                 time.sleep(0.05)
             before = {pid for _, pid in r.worker_pids()}
             out_path = run_dir / "loadclient.json"
-            with open(out_path, "w") as out:
+            with open(out_path, "w") as out, open(run_dir / "loadclient.err", "w") as err:
                 client = procs.spawn(
                     [
                         sys.executable,
@@ -277,10 +307,12 @@ class Suite:
                         str(c.kill_at_s + c.kill_window_s),
                         "--hung",
                         str(c.hung_s),
+                        "--path",
+                        r.path,
                     ],
                     env={**os.environ, "PYTHONPATH": str(launch.ROOT)},
                     cwd=launch.ROOT,
-                    log=subprocess.DEVNULL,
+                    log=err,
                     stdout=out,
                 )
             time.sleep(c.kill_at_s)
@@ -334,7 +366,11 @@ class Suite:
                     "failed_before_kill": sum(1 for d in failures if d < 0),
                     "held_by_killed": held,
                     "unexplained_failures": None if held is None else failed - held,
-                    "last_failure_after_kill_s": max(failures) if failures else None,
+                    "last_failure_after_kill_s": (
+                        result["last_failure"] - t_kill
+                        if result.get("last_failure") is not None
+                        else max(failures, default=None)
+                    ),
                     "respawn_s": respawn,
                     "serves_again_s": first,
                     "window_s": c.kill_window_s,
@@ -358,6 +394,11 @@ class Suite:
                 vals = [r[k] for r in runs if isinstance(r.get(k), int)]
                 out["f"][peer][f"{k}_max"] = max(vals) if vals else None
         return out
+
+
+def runs_in(group: str, peer: str) -> bool:
+    """Whether a scenario group applies to a peer: the batching case only to peers that batch."""
+    return group != "batchcase" or peer in BATCHING_PEERS
 
 
 class MemorySampler:

@@ -1,16 +1,22 @@
-"""The benchmark suite's own pieces, in-process: no wrk, no LitServe, no network.
+"""The benchmark suite's own pieces, in-process: no wrk, no peer, no GPU, no network.
 
-`python -m benchmarks --quick` exercises the whole suite (CI runs it); these keep its parsers,
-/proc walk and report formatting honest in the ordinary test run, in well under a second.
+`python -m benchmarks --quick` exercises the suite with LitServe, bare and ferryman (CI runs it);
+these keep its parsers, /proc walk, report formatting, the peers' commands and generated
+configuration, and the GPU script's plumbing honest in the ordinary test run, in about a second.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import socket
 import subprocess
 import sys
 import threading
+import types
+import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,9 +24,21 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `pytest` (unlike `python -m pytest`) does not add the cwd
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import httpclient, proctree, report, wrk  # noqa: E402
+from benchmarks import __main__ as cli  # noqa: E402
+from benchmarks import (  # noqa: E402
+    gpu,
+    gpu_wheels,
+    httpclient,
+    loadclient,
+    models,
+    proctree,
+    report,
+    tools,
+    wrk,
+)
+from benchmarks.peers import launch, torchserve  # noqa: E402
 from benchmarks.peers.launch import metric_sum  # noqa: E402
-from benchmarks.suite import median_dict, percentile  # noqa: E402
+from benchmarks.suite import GROUPS, median_dict, percentile, runs_in  # noqa: E402
 
 WRK_OUTPUT = """\
 Running 10s test @ http://127.0.0.1:40001/predict
@@ -125,10 +143,13 @@ def test_metric_sum_adds_every_label_set() -> None:
         "ferryman_batch_size_sum 40.0\n"
         "ferryman_batch_size_count 6.0\n"
         'ferryman_batch_size_count{worker="1"} 4.0 1700000000\n'
+        # The rewrite labels the histogram with the model: still summed over every label set.
+        'ferryman_batch_size_count{model="Batched",worker="2"} 5.0\n'
+        'ferryman_batch_size_sum{model="Batched",worker="2"} 8.0\n'
         "ferryman_batch_size_counted 99\n"
     )
-    assert metric_sum(text, "ferryman_batch_size_count") == 10.0
-    assert metric_sum(text, "ferryman_batch_size_sum") == 40.0
+    assert metric_sum(text, "ferryman_batch_size_count") == 15.0
+    assert metric_sum(text, "ferryman_batch_size_sum") == 48.0
 
 
 def test_medians_treat_never_as_infinity() -> None:
@@ -247,3 +268,337 @@ def test_http_client_reads_a_chunked_stream() -> None:
     assert resp.status == 200
     assert resp.body == b'{"a":1}\n{"a":2}\n\n'
     assert 0 < resp.first_item_s <= resp.total_s
+
+
+# -- the peers: models, commands, generated configuration ---------------------------------------
+
+
+def test_batch_models_and_batching_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert set(models.BATCH_MODELS) == {"batched", "batchcase"}
+    assert models.one("trivial", 21) == 42
+    assert models.one("batchcase", 21) == 42  # the batch model, called with a batch of one
+    monkeypatch.setenv(models.MAX_BATCH_ENV, "16")
+    monkeypatch.setenv(models.BATCH_TIMEOUT_ENV, "0.05")
+    assert models.batching_from_env() == (16, 0.05)
+    monkeypatch.delenv(models.MAX_BATCH_ENV)
+    assert models.batching_from_env()[0] == 1
+
+    c = launch.Counts()
+    assert launch.batching_for("batched", c, {}) == launch.Batching(8, 0.005)
+    assert launch.batching_for("batchcase", c, {}) == launch.Batching(16, 0.05)
+    assert launch.batching_for("batchcase", c, {"batching": False}) == launch.OFF
+    assert launch.batching_for("trivial", c, {}) == launch.OFF
+    assert not launch.OFF.on
+
+
+def test_every_peer_is_labelled_described_and_startable() -> None:
+    c = launch.Counts()
+    assert set(launch.PEERS) == set(launch.LABELS) == set(launch.COMMANDS)
+    assert set(launch.QUICK_PEERS) == {"litserve", "bare", "ferryman"}
+    assert "bare" not in launch.BATCHING_PEERS
+    for peer in launch.PEERS:
+        assert launch.layout(peer, c)
+    # Where a peer cannot run 2 front-end processes, the layout says so.
+    assert launch.layout("rayserve", c).startswith("1 HTTP proxy")
+    assert launch.layout("torchserve", c).startswith("1 JVM front-end")
+    assert launch.layout("ferryman", c) == "2 API processes + 2 workers"
+    for peer, env in tools.ENVS.items():
+        assert peer in launch.VENV_PEERS
+        assert all("==" in r for r in env.requirements if r not in ("pyyaml", "numpy"))
+    assert "torch==2.13.0" in tools.ENVS["torchserve"].requirements  # the CPU wheel on disk
+
+
+def _request(tmp_path: Path, model: str, batching: launch.Batching, **opts: Any) -> launch.Request:
+    return launch.Request(model, 4000, 4001, tmp_path, launch.Counts(), batching, opts)
+
+
+def test_ferryman_and_litserve_commands_follow_the_batching(tmp_path: Path) -> None:
+    on = launch.Batching(16, 0.05)
+    cmd = launch.ferryman_command(_request(tmp_path, "batchcase", on)).cmd
+    assert "benchmarks/peers/ferryman_app.py:Batched" in cmd
+    assert cmd[cmd.index("--max-batch-size") + 1] == "16"
+    assert cmd[cmd.index("--batch-timeout") + 1] == "0.05"
+    assert cmd[cmd.index("--api-servers") + 1] == cmd[cmd.index("--workers-per-device") + 1] == "2"
+    off = launch.ferryman_command(_request(tmp_path, "batchcase", launch.OFF)).cmd
+    assert "benchmarks/peers/ferryman_app.py:Single" in off and "--max-batch-size" not in off
+    stream = launch.ferryman_command(_request(tmp_path, "streamed", launch.OFF)).cmd
+    assert "--stream" in stream and "benchmarks/peers/ferryman_app.py:Streamed" in stream
+
+    lit = launch.litserve_command(_request(tmp_path, "batchcase", launch.OFF, restart_workers=1))
+    assert lit.cmd[lit.cmd.index("--max-batch-size") + 1] == "1"
+    assert "--restart-workers" in lit.cmd and lit.path == "/predict"
+
+
+def test_bentoml_and_ray_serve_commands(tmp_path: Path) -> None:
+    b = launch.bentoml_command(_request(tmp_path, "trivial", launch.OFF))
+    try:
+        assert b.cmd[1:3] == ["serve", "benchmarks.peers.bentoml_app:Front"]
+        assert b.env["BENTOML_HOME"].startswith(str(tmp_path))
+        assert b.env["BENCH_API_SERVERS"] == b.env["BENCH_WORKERS"] == "2"
+        assert b.cleanup == [Path(b.env["TMPDIR"])] and len(b.env["TMPDIR"]) < 40
+    finally:
+        for d in b.cleanup:
+            d.rmdir()
+
+    r = launch.rayserve_command(_request(tmp_path, "batchcase", launch.Batching(16, 0.05)))
+    try:
+        tmp = Path(r.cmd[r.cmd.index("--temp-dir") + 1])
+        assert tmp.is_dir() and r.cleanup == [tmp]
+        # Ray's socket paths live under it and must stay under 108 bytes.
+        assert len(str(tmp)) < 40
+        assert r.cmd[r.cmd.index("--max-batch-size") + 1] == "16"
+        assert r.env["RAY_worker_niceness"] == "0"
+    finally:
+        for d in r.cleanup:
+            d.rmdir()
+
+
+def _properties(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if line)
+
+
+def test_torchserve_files_from_the_suite_settings(tmp_path: Path) -> None:
+    q = _request(tmp_path, "batchcase", launch.Batching(16, 0.05))
+    launched = launch.torchserve_command(q)
+    try:
+        assert launched.path == torchserve.PREDICT_PATH == "/predictions/bench"
+        assert launched.cwd == tmp_path
+        base = tmp_path / "torchserve"
+        props = _properties((base / "config.properties").read_text())
+        assert props["inference_address"] == "http://127.0.0.1:4000"
+        assert props["management_address"] == "http://127.0.0.1:4001"
+        assert props["disable_token_authorization"] == "true"
+        assert props["load_models"] == "bench" and props["number_of_netty_threads"] == "2"
+        assert len({props["grpc_inference_port"], props["grpc_management_port"]}) == 2
+        bench = json.loads(props["models"])["bench"]["1.0"]
+        assert (bench["batchSize"], bench["maxBatchDelay"]) == (16, 50)
+        assert bench["minWorkers"] == bench["maxWorkers"] == 2
+        store = Path(props["model_store"])
+        manifest = json.loads((store / "bench" / "MAR-INF" / "MANIFEST.json").read_text())
+        assert manifest["model"]["handler"] == "torchserve_handler.py"
+        assert (store / "bench" / "torchserve_handler.py").is_file()
+        log4j = ET.parse(base / "log4j2.xml").getroot()
+        levels = {e.get("name"): e.get("level") for e in log4j.iter("Logger")}
+        assert levels["ACCESS_LOG"] == "off" and levels["MODEL_LOG"] == "info"
+        env = launched.env
+        assert env["TMPDIR"] == env["TEMP"] and len(env["TMPDIR"]) < 40
+        assert "--foreground" in launched.cmd and "--disable-token-auth" in launched.cmd
+    finally:
+        for d in launched.cleanup:
+            d.rmdir()
+    off = torchserve.model_settings(2, launch.OFF.max_size, 0)["bench"]["1.0"]
+    assert (off["batchSize"], off["maxBatchDelay"]) == (1, 0)
+
+
+class _Context:
+    request_ids = {0: "r0"}
+
+
+def test_torchserve_handler_answers_a_batch_and_streams(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # TorchServe is not installed here: stand in for the one function the handler imports.
+    sent: list[list[str]] = []
+    utils = types.ModuleType("ts.handler_utils.utils")
+    utils.send_intermediate_predict_response = (  # type: ignore[attr-defined]
+        lambda ret, ids, msg, code, ctx: sent.append(ret)
+    )
+    for name in ("ts", "ts.handler_utils"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "ts.handler_utils.utils", utils)
+    monkeypatch.delitem(sys.modules, "benchmarks.peers.torchserve_handler", raising=False)
+    monkeypatch.setenv(models.STATS_ENV, str(tmp_path))
+    from benchmarks.peers import torchserve_handler
+
+    monkeypatch.setenv(models.MODEL_ENV, "trivial")
+    h = torchserve_handler.BenchHandler()
+    h.initialize(_Context())
+    batch: list[dict[str, Any]] = [
+        {"body": {"input": 1}},
+        {"body": bytearray(b'{"input": 2}')},
+        {"data": {"input": 3}},
+    ]
+    assert h.handle(batch, _Context()) == [{"output": 2}, {"output": 4}, {"output": 6}]
+
+    monkeypatch.setenv(models.MODEL_ENV, "streamed")
+    h.initialize(_Context())
+    last = h.handle([{"body": {"input": 0}}], _Context())
+    assert len(sent) == models.STREAM_ITEMS - 1
+    assert json.loads(sent[0][0]) == {"output": 0}
+    assert json.loads(last[0]) == {"output": models.STREAM_ITEMS - 1}
+    assert (tmp_path / f"setup-{h.rec.pid}").exists()
+
+
+def test_the_batching_case_runs_only_where_batching_exists() -> None:
+    assert "batchcase" in GROUPS
+    assert not runs_in("batchcase", "bare") and runs_in("trivial", "bare")
+    assert all(runs_in("batchcase", p) for p in launch.BATCHING_PEERS)
+    assert cli._groups("g,a") == ("trivial", "batchcase")
+    assert cli._peers(None, quick=True) == launch.QUICK_PEERS
+    assert cli._peers(None, quick=False) == launch.PEERS
+    assert cli._peers("ferryman,torchserve", quick=True) == ("torchserve", "ferryman")
+    with pytest.raises(SystemExit):
+        cli._peers("ferryman,triton", quick=False)
+
+
+def test_batching_case_table_and_targets() -> None:
+    def w(rps: float, p50: float, p99: float, **extra: float) -> dict[str, float]:
+        return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": 0, **extra}
+
+    m: report.Medians = {
+        "g1on": {"ferryman": w(250, 4.0, 6.0), "torchserve": w(18, 55.0, 60.0)},
+        "g1off": {"ferryman": w(280, 3.5, 5.0), "torchserve": w(200, 4.5, 6.0)},
+        "g64on": {"ferryman": w(5000, 12, 20, mean_batch=15.9), "torchserve": w(2700, 25, 40)},
+        "g64off": {"ferryman": w(600, 100, 150), "torchserve": w(300, 200, 250)},
+    }
+    assert report.case_ratios(m, "ferryman") == (pytest.approx(4 / 3.5), pytest.approx(5000 / 600))
+    table = report.batchcase_table(m)
+    fm = next(x for x in table.splitlines() if x.startswith("| ferryman"))
+    assert "| 4.00 / 3.50 |" in fm and "| 1.14x yes |" in fm and "| 8.33x yes |" in fm
+    assert "| 15.90 |" in fm
+    ts = next(x for x in table.splitlines() if x.startswith("| TorchServe"))
+    assert "12.22x **no**" in ts and "9.00x yes" in ts
+    verdicts = {t["target"]: t["met"] for t in report.targets(m)}
+    assert verdicts["(g) batching: a lone client's p50, on ≤ 1.5x off"] is True
+    assert verdicts["(g) batching: 64 conn req/s, on ≥ 3x off"] is True
+    assert report.batchcase_table({}) == ""
+    layouts = {p: launch.layout(p, launch.Counts()) for p in launch.PEERS}
+    md = report.markdown(m, report.targets(m), report.machine(), {}, "# t", [], layouts)
+    assert "| Ray Serve | 1 HTTP proxy" in md and "(g) batching case: 3 ms a call" in md
+
+
+def _serve_200s(stop: threading.Event) -> int:
+    """A tiny keep-alive HTTP server on a thread: 200 to every request, for the load client."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.settimeout(0.2)
+
+    def handle(conn: socket.socket) -> None:
+        with conn:
+            buf = b""
+            while not stop.is_set():
+                try:
+                    data = conn.recv(4096)
+                except OSError:
+                    return
+                if not data:
+                    return
+                buf += data
+                while b"\r\n\r\n" in buf and buf.endswith(httpclient.BODY):
+                    buf = b""
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+
+    def accept() -> None:
+        with srv:
+            while not stop.is_set():
+                try:
+                    conn, _ = srv.accept()
+                except OSError:
+                    continue
+                conn.settimeout(1.0)
+                threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return int(srv.getsockname()[1])
+
+
+def test_load_client_reports_latencies_and_merges() -> None:
+    stop = threading.Event()
+    port = _serve_200s(stop)
+    try:
+        out = asyncio.run(loadclient.run(port, 2, 0.3, 2.0, "/predictions/bench", raw=True))
+    finally:
+        stop.set()
+    assert out["ok"] > 0 and out["failed"] == 0 and len(out["latencies_ms"]) == out["ok"]
+    assert out["rps"] > 0 and out["p50_ms"] <= out["p99_ms"]
+    merged = gpu.merge_loads(
+        [
+            {"ok": 2, "duration_s": 2.0, "latencies_ms": [1.0, 3.0], "failed": 1},
+            {"ok": 2, "duration_s": 1.0, "latencies_ms": [2.0, 4.0], "hung": 1},
+        ]
+    )
+    assert merged["rps"] == 2.0 and merged["p50_ms"] == 3.0 and merged["p99_ms"] == 4.0
+    assert (merged["failed"], merged["hung"]) == (1, 1)
+    assert loadclient.percentile_ms([], 50) is None
+    stats = loadclient.Stats()
+    for _ in range(2001):
+        stats.fail("status 503")
+    assert len(stats.failures) == 2000 and stats.last_failure is not None
+    assert stats.last_failure >= stats.failures[-1][0]  # the last one, kept past the cap
+
+
+# -- the GPU script -----------------------------------------------------------------------------
+
+
+def test_gpu_commands_env_and_wheels(tmp_path: Path) -> None:
+    dry, real = gpu.GpuConfig.make(True), gpu.GpuConfig.make(False)
+    assert (dry.accelerator, dry.shape.dtype, real.accelerator) == ("cpu", "float32", "cuda")
+    assert (real.shape.dim, real.shape.layers, real.shape.dtype) == (2048, 8, "float16")
+    py = Path("/venv/bin/python")
+    fm = gpu.command(gpu.Case("ferryman", 2, True), real, py, 9000, 9001)
+    assert fm[:5] == [
+        str(py),
+        "-m",
+        "ferryman",
+        "serve",
+        "benchmarks.peers.gpu_ferryman:BatchedMLP",
+    ]
+    assert fm[fm.index("--devices") + 1] == "1" and fm[fm.index("--max-batch-size") + 1] == "16"
+    assert fm[fm.index("--workers-per-device") + 1] == "2"
+    assert "--devices" not in gpu.command(gpu.Case("ferryman", 1, False), dry, py, 1, 2)
+    ls = gpu.command(gpu.Case("litserve", 1, False), real, py, 9000, 9001)
+    assert "benchmarks.peers.gpu_litserve" in ls and "--max-batch-size" not in ls
+    assert "--restart-workers" in ls
+    cases = gpu.cases(real)
+    assert len(cases) == 8 and cases[0] == gpu.Case("litserve", 1, True)
+
+    install = gpu.install_commands(["pip"], tmp_path)
+    assert all("--no-index" in c and str(tmp_path) in c for c in install)
+    assert tools.LITSERVE in install[0] and "--force-reinstall" in install[1]
+    env = gpu.peer_env(real, tmp_path / "stats", tmp_path)
+    assert env["PYTHONPATH"] == str(tmp_path) and env["BENCH_GPU_DIM"] == "2048"
+
+    dl = gpu_wheels.download_command(tmp_path / "ferryman-0.1.0-py3-none-any.whl", tmp_path, "3.12")
+    assert dl[dl.index("--python-version") + 1] == "3.12" and "cp312" in dl
+    assert "--only-binary=:all:" in dl and "manylinux2014_x86_64" in dl
+    assert dl[-2:] == [str(tmp_path / "ferryman-0.1.0-py3-none-any.whl"), tools.LITSERVE]
+    for name in ("torch-2.5.0-cp312-cp312-linux_x86_64.whl", "uvicorn-0.30.0-py3-none-any.whl"):
+        (tmp_path / name).touch()
+    assert gpu_wheels.forbidden(tmp_path) == ["torch-2.5.0-cp312-cp312-linux_x86_64.whl"]
+    with pytest.raises(SystemExit):
+        gpu_wheels.main([str(tmp_path), "--python", "3.x"])
+
+
+def test_gpu_report_and_nvidia_smi_parser() -> None:
+    assert gpu.parse_compute_apps("1234, 812\n5678, 790\nNo running processes found\n") == {
+        1234: 812.0,
+        5678: 790.0,
+    }
+    cfg = gpu.GpuConfig.make(False)
+
+    def case(rps: float, batch: float | None, mem: list[float]) -> dict[str, Any]:
+        return {
+            "c1": {"rps": rps / 10, "p50_ms": 2.0, "p99_ms": 3.0},
+            "c64": {"rps": rps, "p50_ms": 20.0, "p99_ms": 30.0},
+            "mean_batch": batch,
+            "startup_s": 4.0,
+            "memory": {"torch_max_allocated_mb": mem, "nvidia_smi": "total only",
+                       "nvidia_smi_total_mb": 1500.0, "nvidia_smi_mb": []},
+            "kill": {"respawn_s": 3.1, "serves_again_s": None, "ok": 10, "failed": 2,
+                     "hung": 0, "window_s": 60.0},
+        }  # fmt: skip
+
+    results = {
+        gpu.Case("ferryman", 1, True).key: case(4000, 12.0, [70.0]),
+        gpu.Case("litserve", 1, True).key: case(2000, 10.0, [70.0]),
+        gpu.Case("ferryman", 2, True).key: case(3000, 11.0, [70.0, 71.0]),
+    }
+    md = gpu.markdown(results, cfg, ["# gpu"])
+    assert md.startswith("# gpu\n")
+    assert "| ferryman | 1 | on | 400 | 2.00 | 3.00 | 4,000 |" in md
+    assert "| 1 | on | 2.00x | 1.00x |" in md  # ferryman ÷ LitServe
+    assert "| ferryman | on | 0.75x |" in md  # 2 workers ÷ 1
+    assert "1,500 (all processes)" in md and "not within 60 s" in md
+    m = gpu.median_case([case(1000, 8.0, []), case(3000, 9.0, []), case(2000, None, [])])
+    assert m["c64"]["rps"] == 2000 and m["mean_batch"] == 8.5

@@ -46,9 +46,9 @@ async def predict(request: Request) -> Response:
                 yield _encode({"output": out}) + b"\n"
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
-    if MODEL == "batched":
+    if MODEL in models.BATCH_MODELS:
         rec.predicted()
-        y = models.batched([x])[0]
+        y = models.BATCH_MODELS[MODEL]([x])[0]
     else:
         rec.predicted()
         y = models.trivial(x)

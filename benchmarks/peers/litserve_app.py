@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Iterator
 
 import litserve as ls
@@ -35,13 +36,25 @@ class Trivial(ls.LitAPI):
         return {"output": output}
 
 
-class Batched(Trivial):
+class Single(Trivial):
+    """A batch model (models.BATCH_MODELS) with batching off: one request per predict call."""
+
+    def setup(self, device: str) -> None:
+        super().setup(device)
+        self.model = models.BATCH_MODELS[os.environ.get(models.MODEL_ENV, "batched")]
+
+    def predict(self, x: int) -> int:
+        self.rec.predicted()
+        return self.model([x])[0]
+
+
+class Batched(Single):
     def batch(self, inputs: list[int]) -> list[int]:
         return inputs
 
     def predict(self, xs: list[int]) -> list[int]:  # type: ignore[override]
         self.rec.predicted(len(xs))
-        return models.batched(xs)
+        return self.model(xs)
 
     def unbatch(self, output: list[int]) -> list[int]:
         return output
@@ -59,7 +72,9 @@ class Streamed(Trivial):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", choices=["trivial", "batched", "streamed"], default="trivial")
+    ap.add_argument(
+        "--model", choices=["trivial", *models.BATCH_MODELS, "streamed"], default="trivial"
+    )
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--api-servers", type=int, default=2)
@@ -69,10 +84,12 @@ def main() -> None:
     ap.add_argument("--fast-queue", action="store_true")
     args = ap.parse_args()
 
-    if args.model == "batched":
+    if args.model in models.BATCH_MODELS and args.max_batch_size > 1:
         api: ls.LitAPI = Batched(
             max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout
         )
+    elif args.model in models.BATCH_MODELS:
+        api = Single()
     elif args.model == "streamed":
         api = Streamed(stream=True)
     else:
