@@ -1,0 +1,33 @@
+# Copyright The Lightning AI team.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+#
+# TestOpenAIWithBatching copied unchanged from Lightning-AI/LitServe tests/unit/test_openai_embedding.py at commit 1311d5b4aeaff2943f38a22cfb911c8bae2590bc (the 0.2.17 snapshot); the imports they need and the __main__ block were written for ferryman's fixtures, in the style of LitServe's tests/e2e apps.
+import time
+
+import numpy as np
+
+import litserve as ls
+from litserve.test_examples.openai_embedding_spec_example import TestEmbedAPI
+
+
+class TestOpenAIWithBatching(TestEmbedAPI):
+    def predict(self, batch):
+        time.sleep(2)
+        return np.random.rand(len(batch), 768).tolist()
+
+
+if __name__ == "__main__":
+    api = TestOpenAIWithBatching(max_batch_size=2, batch_timeout=4, spec=ls.OpenAIEmbeddingSpec())
+    server = ls.LitServer(api)
+    server.run(port=8000)

@@ -1,0 +1,40 @@
+# Copyright The Lightning AI team.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+#
+# LoggerAPI, FileLogger copied unchanged from Lightning-AI/LitServe tests/unit/test_logger.py at commit 1311d5b4aeaff2943f38a22cfb911c8bae2590bc (the 0.2.17 snapshot); the imports they need and the __main__ block were written for ferryman's fixtures, in the style of LitServe's tests/e2e apps.
+import litserve as ls
+
+
+class LoggerAPI(ls.test_examples.SimpleLitAPI):
+    def predict(self, input):
+        result = super().predict(input)
+        for i in range(1, 5):
+            self.log("time", i * 0.1)
+        return result
+
+
+class FileLogger(ls.Logger):
+    def __init__(self, path="test_logger_temp.txt"):
+        super().__init__()
+        self.path = path
+
+    def process(self, key, value):
+        with open(self.path, "a+") as f:
+            f.write(f"{key}: {value:.1f}\n")
+
+
+if __name__ == "__main__":
+    # FileLogger writes test_logger_temp.txt in the current directory.
+    server = ls.LitServer(LoggerAPI(), loggers=[FileLogger()])
+    server.run(port=8000)
