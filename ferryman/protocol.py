@@ -3,7 +3,7 @@
 Messages are msgspec Structs (tagged unions, msgpack). Two planes, two sets of sockets:
 
 data plane (API process <-> worker; the supervisor is not on it)
-  API ROUTER  <- worker DEALER : WorkerReady, WorkerLeaving               one frame
+  API ROUTER  <- worker DEALER : WorkerReady, WorkerLeaving, WorkerHealth one frame
   API ROUTER  -> worker DEALER : Work [header, body], Cancel, LeaveAck     two frames
   API PULL    <- worker PUSH   : Reply [header, body], Chunk [header, body] two frames
 
@@ -43,6 +43,9 @@ class Work(msgspec.Struct, tag="work", array_like=True):
     # The HTTP request as a worker that asked for it (WorkerReady.context) sees it.
     headers: list[tuple[bytes, bytes]] | None = None
     query: bytes = b""
+    # The request's Content-Type, for a worker that renders LitServe's conventions (a form body
+    # is parsed as a form there); empty for the others, which read every body as JSON.
+    content_type: bytes = b""
 
 
 class Cancel(msgspec.Struct, tag="cancel", array_like=True):
@@ -66,10 +69,20 @@ class WorkerReady(msgspec.Struct, tag="ready", array_like=True):
     # LitServe's conventions for a LitAPI: errors as {"detail": ...}, and the timeout counts
     # only the wait before predict starts.
     litserve: bool = False
+    # What the API's health() said after setup (LitServe's /health consults it); WorkerHealth
+    # tells each change.
+    healthy: bool = True
 
 
 class WorkerLeaving(msgspec.Struct, tag="leaving", array_like=True):
     pass
+
+
+class WorkerHealth(msgspec.Struct, tag="health", array_like=True):
+    """The API's health() changed its answer (sent by a worker that polls it; LitServe's
+    /health is 503 while any worker's says false)."""
+
+    healthy: bool
 
 
 class Reply(msgspec.Struct, tag="reply", array_like=True):
@@ -153,7 +166,7 @@ class Routes(msgspec.Struct, tag="routes", array_like=True):
 
 
 ToWorker = Work | Cancel | LeaveAck
-FromWorkerDealer = WorkerReady | WorkerLeaving
+FromWorkerDealer = WorkerReady | WorkerLeaving | WorkerHealth
 FromWorkerPush = Reply | Chunk
 ToSupervisor = Hello | Ready | Heartbeat | Fatal | Metrics
 FromSupervisor = Endpoints | WorkerGone | Routes

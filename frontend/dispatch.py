@@ -50,8 +50,8 @@ class Link:
     """A worker, as this API process sees it."""
 
     __slots__ = (
-        "capacity", "column", "context", "device", "draining", "ident", "in_flight", "index",
-        "litserve", "model", "name", "pid", "sent", "slot", "window",
+        "capacity", "column", "context", "device", "draining", "healthy", "ident", "in_flight",
+        "index", "litserve", "model", "name", "pid", "sent", "slot", "window",
     )  # fmt: skip
 
     def __init__(self, ident: bytes, msg: p.WorkerReady, board: Board, row: int) -> None:
@@ -65,6 +65,7 @@ class Link:
         self.window = max(1, msg.window)
         self.context = msg.context  # wants each request's headers and query
         self.litserve = msg.litserve
+        self.healthy = msg.healthy  # its API's health(), for LitServe's /health
         self.in_flight: dict[int, Job] = {}
         self.draining = False
         self.column = board.column(msg.cell)  # every API process's count for this worker
@@ -224,13 +225,23 @@ class Dispatcher:
         pool = self.pools.get(model)
         return pool is not None and pool.litserve
 
-    async def wait_for_workers(self, n: int, timeout: float) -> None:
+    def healthy(self, model: str) -> bool:
+        """No ready worker of the model says its API's health() is false."""
+        pool = self.pools.get(model)
+        return pool is None or all(link.healthy for link in pool.ready)
+
+    async def wait_for_workers(self, n: int, timeout: float, settle: float = 0.5) -> None:
+        """Until `n` workers are ready; or every model has one and no other has joined for
+        `settle` seconds (some of the `n` left before they reached us: a scale down, a crash;
+        they never come); or `timeout` seconds."""
         deadline = time.monotonic() + timeout
         while self.ready_count() < n:
             self._ready_changed.clear()
             left = deadline - time.monotonic()
             if left <= 0:
                 return
+            if self.pools and all(pool.ready for pool in self.pools.values()):
+                left = min(left, settle)
             try:
                 await asyncio.wait_for(self._ready_changed.wait(), left)
             except TimeoutError:
@@ -278,6 +289,9 @@ class Dispatcher:
         board.sent[link.index] = link.sent  # before the send: a worker never sees more than this
         if link.context:
             header = p.encode(p.Work(job.id, job.route, job.deadline, job.headers, job.query))
+        elif link.litserve:
+            ctype = next((v for k, v in job.headers or () if k == b"content-type"), b"")
+            header = p.encode(p.Work(job.id, job.route, job.deadline, content_type=ctype))
         else:
             header = p.encode(p.Work(job.id, job.route, job.deadline))
         try:
@@ -327,6 +341,10 @@ class Dispatcher:
             self.on_change()
             log.debug("worker joined", extra=kv(worker=link.name, model=link.model, pid=link.pid))
             self._pump(pool)
+        elif isinstance(msg, p.WorkerHealth):
+            link = self.links.get(ident)  # type: ignore[assignment]
+            if link is not None:
+                link.healthy = msg.healthy
         elif isinstance(msg, p.WorkerLeaving):
             link = self.links.get(ident)  # type: ignore[assignment]
             if link is not None and not link.draining:

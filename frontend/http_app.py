@@ -46,6 +46,9 @@ class _ModelField(msgspec.Struct):
 
 
 _model_field = msgspec.json.Decoder(_ModelField).decode
+# LitServe's own words for what this process answers before a worker does (a LitAPI's client may
+# compare them); the other kinds keep ferryman's message as their detail.
+_LIT_DETAILS = {"payload_too_large": "Payload too large", "timeout": "Request timed out"}
 
 
 class Answer(Exception):
@@ -86,6 +89,9 @@ class HttpApp:
         self.draining = False
         self.drain_headers: list[tuple[bytes, bytes]] = []
         self.api_key = (spec.server.api_key or "").encode()
+        # A LitServer's server (frontend/litserve_routes.py sets it): every error in LitServe's
+        # {"detail": ...} shape, whichever model and route.
+        self.litserver = False
         self.body_timeout = spec.server.body_timeout
         self.reading: dict[asyncio.Task[Any], float] = {}  # request -> when its body must be in
         self.timed_out: set[asyncio.Task[Any]] = set()
@@ -168,6 +174,8 @@ class HttpApp:
         self.metrics.done(model, route, status, 0.0)
 
     def _shape(self, m: ModelRoute, route: str) -> str:
+        if self.litserver:
+            return errors.LITSERVE
         if route in _SPEC_OF_ROUTE:
             return errors.OPENAI
         if self.dispatcher.litserve(m.name):
@@ -237,10 +245,11 @@ class HttpApp:
             status = await self._answer(m, route, scope, receive, send, body)
         except Answer as e:
             shape = self._shape(m, route)
+            detail = _LIT_DETAILS.get(e.kind) if shape == errors.LITSERVE else None
             status = await _respond(
                 send,
                 e.status,
-                errors.body(shape, e.status, e.kind, e.message),
+                errors.body(shape, e.status, e.kind, e.message, detail=detail),
                 retry_after=e.retry_after,
                 headers=self.drain_headers,
             )
@@ -315,15 +324,14 @@ class HttpApp:
         # disconnect, so that the worker is told (Cancel) and closes predict's generator.
         watcher = asyncio.ensure_future(_wait_disconnect(receive))
         watcher.add_done_callback(lambda _: d.give_up(job))
+        head = [(_CT, reply.content_type.encode())] if reply.content_type else []
+        if not self.litserver:  # LitServe sends no cache-control
+            head.append((b"cache-control", b"no-cache"))
         await send(
             {
                 "type": "http.response.start",
                 "status": reply.status,
-                "headers": [
-                    (_CT, reply.content_type.encode()),
-                    (b"cache-control", b"no-cache"),
-                    *_extra(reply, self.drain_headers),
-                ],
+                "headers": [*head, *_extra(reply, self.drain_headers)],
             }
         )
         more = True
@@ -506,6 +514,10 @@ async def _respond(
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> int:
     out = [(_CT, content_type), (_CL, str(len(body)).encode())]
+    if not content_type or status in (204, 304):
+        # An answer without a content type (a LitAPI's empty one) has no such header, and a
+        # 204/304 no length either (as Starlette writes them).
+        out = [h for h in out if h[1] and not (h[0] == _CL and status in (204, 304))]
     if headers:
         out += headers
     if retry_after:

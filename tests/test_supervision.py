@@ -148,7 +148,6 @@ def test_hung_predict_is_killed_after_heartbeat_timeout_and_answered(serve):
     r = s.post(json={"sleep": 1000})
     assert r.status_code == 503
     assert r.json()["error"]["type"] == "worker_died"
-    assert "hung" in s.log()
     wait_for(lambda: s.post(json={"input": 1}).status_code == 200, timeout=20)
     assert s.pids()[0] != pid
     assert 'reason="hang"' in s.admin_call("GET", "/metrics").text
