@@ -29,6 +29,9 @@ from ferryman.options import (
 SERVE_EPILOG = """\
 APP is path/to/file.py:Name or package.module:Name (Name: an API class, instantiated with no
 arguments, or an instance); NAME=APP names the model (else it is the class name, lower-cased).
+A file alone (ferryman serve server.py) is run as `python server.py` would run it, its
+LitServe LitServer(...).run() (or ferryman.Server(...).run()) served by ferryman, the flags
+given here beating the file's arguments.
 Several APPs serve several models, each on /NAME/predict (one model: /predict). Every flag may
 also be a key of --config FILE (TOML, same names with underscores), where [[models]] tables give
 each model its own options; a flag beats the file, for every model. SIGHUP re-reads the file and
@@ -39,11 +42,43 @@ examples:
   ferryman serve app.py:Model --accelerator cuda --devices 0,1 --max-batch-size 8
   ferryman serve embed=models.py:Embedder rerank=models.py:Reranker
   ferryman serve --config ferryman.toml
+  ferryman serve server.py --port 8080          # a LitServe server file, unchanged
+"""
+
+DOCKERFILE = """\
+# Written by `ferryman dockerize {file}` (ferryman {version}).
+# The base is ferryman's image; build it once from ferryman's repository:
+#   docker build -f deploy/Dockerfile -t ferryman .
+# Then, here:
+#   docker build -t {image} .
+#   docker run --rm -p {port}:{port}{gpus} {image}
+ARG FERRYMAN_IMAGE=ferryman
+FROM ${{FERRYMAN_IMAGE}}
+
+####### Add your own installation commands here #######
+# RUN pip install some-package
+# RUN wget https://path/to/some/data/or/weights
+# USER 0
+# RUN apt-get update && apt-get install -y --no-install-recommends <package-name>
+# USER 10001
+
+WORKDIR /app
+USER 0
+{install}COPY --chown=10001:10001 . /app
+USER 10001
+EXPOSE {port}
+# The image's entry point is `ferryman serve --host 0.0.0.0`.
+CMD [{cmd}]
 """
 
 
 class Parser(argparse.ArgumentParser):
-    """One line per error (not argparse's usage block), exit status 2."""
+    """One line per error (not argparse's usage block), exit status 2; no abbreviated flags
+    (`--workers 2` must not quietly mean --workers-per-device)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"ferryman: error: {message} (see ferryman {self._sub()}--help)\n")
@@ -114,14 +149,30 @@ def build_parser() -> argparse.ArgumentParser:
     from ferryman.control.ctl import add_parser as add_ctl
 
     add_ctl(sub)
+    docker = sub.add_parser(
+        "dockerize",
+        help="write a Dockerfile that serves a server file with ferryman",
+        description="Write ./Dockerfile for SERVER.py (in the current directory): ferryman's "
+        "image, your requirements.txt, and `ferryman serve SERVER.py` (as `litserve "
+        "dockerize` does for LitServe).",
+    )
+    docker.add_argument("server", metavar="SERVER.py", help="the server file, or FILE.py:Name")
+    docker.add_argument("--port", type=_typed("port"), default=8000, help="[default: 8000]")
+    docker.add_argument(
+        "--gpu", action="store_true", help="serve on CUDA GPUs (docker run --gpus all)"
+    )
+    docker.add_argument("--force", action="store_true", help="replace an existing Dockerfile")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(raw)
     if args.command == "serve":
-        return serve(args)
+        return serve(args, raw)
+    if args.command == "dockerize":
+        return dockerize(args)
     if args.command == "ctl":
         from ferryman.control.ctl import run as run_ctl
 
@@ -135,8 +186,13 @@ def fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
-def serve(args: argparse.Namespace) -> int:
+def serve(args: argparse.Namespace, raw: list[str] | None = None) -> int:
     flags = {k: v for k, v in vars(args).items() if k in SERVER_OPTS or k in MODEL_OPTS}
+    script = _script(args.apps)
+    if script is not None:
+        if args.launch_file:
+            fail("--launch-file cannot be given with a server file")
+        return serve_file(script, _flags_only(raw or [], script))
     try:
         launch = read_launch(args.launch_file) if args.launch_file else None
         config = build_config(args.config, flags, args.apps, launch)
@@ -151,6 +207,125 @@ def serve(args: argparse.Namespace) -> int:
         return run(config, args.config, flags, args.apps, launch)
     except KeyboardInterrupt:  # pragma: no cover - handled by the supervisor's own handler
         return 130
+
+
+def _script(apps: list[str]) -> str | None:
+    """The server file of `ferryman serve FILE.py` (a .py path without :Name), if that is it."""
+    files = [a for a in apps if parse_app_arg(a)[0] is None and a.endswith(".py")]
+    if not files:
+        return None
+    if len(apps) > 1:
+        fail(
+            f"{files[0]} without :Name runs that file as the server; give it alone (or name "
+            "the API class: FILE.py:MyAPI)"
+        )
+    if not os.path.isfile(files[0]):
+        fail(f"server file {files[0]!r} does not exist")
+    return files[0]
+
+
+def _flags_only(raw: list[str], script: str) -> list[str]:
+    """The command line after `serve`, less the server file: the flags that go along to the
+    supervisor the file execs."""
+    tail = raw[raw.index("serve") + 1 :] if "serve" in raw else list(raw)
+    takes_value = {o.flag for o in OPTS if not o.is_flag} | {"--config", "--launch-file"}
+    out: list[str] = []
+    dropped = False
+    after_option = False
+    for token in tail:
+        if token == script and not after_option and not dropped:
+            dropped = True
+            continue
+        out.append(token)
+        after_option = token in takes_value
+    return out
+
+
+def serve_file(script: str, cli_args: list[str]) -> int:
+    """Run the server file (see ferryman.server.run_file); it ends by exec'ing the
+    supervisor. What stops it first: a refusal or a bad argument (one line, exit 2), an error
+    of the file's own (its traceback, exit 3, as for an app that cannot start)."""
+    from ferryman.server import NoServer, run_file
+
+    try:
+        run_file(script, cli_args)
+    except (OptionError, NoServer) as e:
+        fail(str(e))
+    except SystemExit as e:
+        if e.code not in (None, 0):
+            raise
+        fail(f"{script} exited without starting a server")
+    except KeyboardInterrupt:
+        return 130
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        print(f"ferryman: error: {script} failed before it started a server", file=sys.stderr)
+        return 3
+    return 2  # pragma: no cover - run_file never returns
+
+
+def dockerize(args: argparse.Namespace) -> int:
+    """`ferryman dockerize SERVER.py`: ./Dockerfile on ferryman's image (deploy/Dockerfile)."""
+    target = args.server
+    file = target.rpartition(":")[0] if ":" in target else target
+    if not os.path.isfile(file):
+        fail(f"server file {file!r} does not exist")
+    if os.path.dirname(os.path.abspath(file)) != os.getcwd():
+        fail(
+            f"server file {file!r} must be in the current directory (the image copies it): "
+            f"cd {os.path.dirname(os.path.abspath(file))}"
+        )
+    if os.path.exists("Dockerfile") and not args.force:
+        fail("./Dockerfile exists; pass --force to replace it")
+    name = os.path.basename(target)
+    with open(file, "rb") as f:
+        uses_litserve = b"litserve" in f.read()
+    packages = []
+    if uses_litserve:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            packages.append(f"litserve=={version('litserve')}")
+        except PackageNotFoundError:
+            packages.append("litserve")
+    has_requirements = os.path.isfile("requirements.txt")
+    if not has_requirements:
+        print(
+            "ferryman: no requirements.txt here: the image will have only ferryman"
+            + (" and LitServe" if uses_litserve else "")
+            + "; add one listing what your server imports",
+            file=sys.stderr,
+        )
+    install = ""
+    if packages or has_requirements:
+        if has_requirements:
+            install += "COPY requirements.txt /app/requirements.txt\n"
+        pip = ["pip", "install", "--no-cache-dir", *packages]
+        if has_requirements:
+            pip += ["-r", "/app/requirements.txt"]
+        install += "RUN " + " ".join(pip) + "\n"
+    cmd = [name, "--port", str(args.port)]
+    if args.gpu:
+        cmd += ["--accelerator", "cuda"]
+    image = os.path.splitext(os.path.basename(file))[0].lower().replace("_", "-") or "server"
+    text = DOCKERFILE.format(
+        file=name,
+        version=__version__,
+        image=image,
+        port=args.port,
+        gpus=" --gpus all" if args.gpu else "",
+        install=install,
+        cmd=", ".join(json.dumps(c) for c in cmd),
+    )
+    with open("Dockerfile", "w") as f:
+        f.write(text)
+    print(
+        f"wrote ./Dockerfile: docker build -t {image} . && docker run --rm -p "
+        f"{args.port}:{args.port}{' --gpus all' if args.gpu else ''} {image}"
+    )
+    return 0
 
 
 def read_launch(path: str) -> dict[str, Any]:
@@ -170,7 +345,11 @@ def read_launch(path: str) -> dict[str, Any]:
         m = dict(m)
         m["code_options"] = parse_mapping(m.get("code_options") or {})
         models.append(m)
-    return {"options": parse_mapping(raw.get("options") or {}), "models": models}
+    return {
+        "options": parse_mapping(raw.get("options") or {}),
+        "models": models,
+        "litserve": raw.get("litserve"),
+    }
 
 
 def check(config: Config) -> None:

@@ -30,6 +30,7 @@ from ferryman.supervisor.state import EXIT_APP, log, model_label, model_of, pool
 
 RSS_CHECK = 1.0  # seconds between checks of workers' memory against worker_max_rss
 KILL_MARGIN = 2.0
+API_HEARTBEAT_TIMEOUT = 10.0
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -309,7 +310,15 @@ class Children(Messages):
 
     def _timeouts(self, child: Child) -> ModelOptions:
         pool = self.pool_of(child)
-        return pool.model.options if pool is not None and pool.model is not None else self.defaults
+        if pool is not None and pool.model is not None:
+            return pool.model.options
+        # An API process runs no user code: a loop silent for API_HEARTBEAT_TIMEOUT is hung. It
+        # is short because new connections the kernel hands to its socket wait until it is
+        # replaced (each API slot has a socket of its own).
+        return msgspec.structs.replace(
+            self.defaults,
+            heartbeat_timeout=min(self.defaults.heartbeat_timeout, API_HEARTBEAT_TIMEOUT),
+        )
 
     def _check_child(self, child: Child, now: float) -> None:
         o = self._timeouts(child)

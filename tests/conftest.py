@@ -115,6 +115,16 @@ class Served:
         wait_for(ready, timeout)
         self.status()
 
+    def wait_workers(self, n: int, timeout: float = 30.0) -> None:
+        """Until n workers are ready and reachable from every API process (/ready only needs
+        min_ready_workers of each model)."""
+
+        def ready() -> bool:
+            models = self.admin_call("GET", "/v1/models").json()["models"]
+            return sum(m["workers_ready"] for m in models) >= n
+
+        wait_for(ready, timeout)
+
     def child_pids(self) -> list[int]:
         return children_of(self.pid)
 

@@ -8,13 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import httpx
 import pytest
 from conftest import APPS, FAKE_GPU_ENV, ROOT, alive, children_of, wait_for
 from prometheus_client.parser import text_string_to_metric_families
+from test_supervision import SteadyClient
 
 MODELS = APPS / "models.py"
 
@@ -52,51 +52,6 @@ def two_models(serve, tmp_path, *args: str, **kw):
         env=FAKE_GPU_ENV,
         **kw,
     )
-
-
-class Load:
-    """Requests to one model from a few threads until stopped; every answer checked."""
-
-    def __init__(self, url: str, path: str, model: str, threads: int = 3) -> None:
-        self.url, self.path, self.model = url, path, model
-        self.stop_ev = threading.Event()
-        self.ok = 0
-        self.failures: list[str] = []
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
-
-    def _run(self, i: int) -> None:
-        n = 0
-        with httpx.Client(base_url=self.url, timeout=30) as c:
-            while not self.stop_ev.is_set():
-                n += 1
-                tag = f"{i}-{n}"
-                try:
-                    r = c.post(self.path, json={"input": tag})
-                    body = r.json()
-                    good = r.status_code == 200 and (body["input"], body["model"]) == (
-                        tag,
-                        self.model,
-                    )
-                    why = f"{r.status_code} {r.text[:200]}"
-                except (httpx.HTTPError, ValueError) as e:
-                    good, why = False, repr(e)
-                with self.lock:
-                    if good:
-                        self.ok += 1
-                    else:
-                        self.failures.append(why)
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        wait_for(lambda: self.ok > 20, timeout=30)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop_ev.set()
-        for t in self.threads:
-            t.join(30)
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -141,8 +96,8 @@ def test_two_models_from_one_config_answer_on_their_own_devices(serve, tmp_path)
 def test_scaling_one_model_under_load_fails_nothing_on_either(serve, tmp_path):
     s = two_models(serve, tmp_path)
     with (
-        Load(s.url, "/rerank", "rerank") as rerank,
-        Load(s.url, "/embed/predict", "embed") as embed,
+        SteadyClient(s.url, 3, "/rerank", "rerank") as rerank,
+        SteadyClient(s.url, 3, "/embed/predict", "embed") as embed,
     ):
         r = s.admin_call("PUT", "/v1/models/embed/workers?wait=true", json={"count": 4})
         assert r.status_code == 200, r.text
@@ -162,7 +117,7 @@ def test_scaling_one_model_under_load_fails_nothing_on_either(serve, tmp_path):
 
 def test_killing_a_worker_of_one_model_fails_only_its_requests(serve, tmp_path):
     s = two_models(serve, tmp_path)
-    with Load(s.url, "/rerank", "rerank") as rerank:
+    with SteadyClient(s.url, 3, "/rerank", "rerank") as rerank:
         with httpx.Client(base_url=s.url, timeout=30) as c, cf.ThreadPoolExecutor(2) as pool:
             slow = pool.submit(c.post, "/embed/predict", json={"input": "slow", "sleep": 5})
             victim = wait_for(

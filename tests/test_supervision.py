@@ -15,10 +15,16 @@ from conftest import ROOT, alive, app, free_port, wait_for
 
 
 class SteadyClient:
-    """Sends requests back to back from a few threads until stopped; counts every outcome."""
+    """Sends requests back to back from a few threads until stopped; counts every outcome. Each
+    request has a unique input, and an answer counts as right only if it echoes that input (and
+    says `model`, when given)."""
 
-    def __init__(self, url: str, threads: int = 4) -> None:
+    def __init__(
+        self, url: str, threads: int = 4, path: str = "/predict", model: str | None = None
+    ) -> None:
         self.url = url
+        self.path = path
+        self.model = model
         self.stop_ev = threading.Event()
         self.ok = 0
         self.failures: list[str] = []
@@ -31,10 +37,12 @@ class SteadyClient:
             while not self.stop_ev.is_set():
                 n += 1
                 try:
-                    r = c.post("/predict", json={"input": f"{i}-{n}"})
-                    good = r.status_code == 200 and r.json()["input"] == f"{i}-{n}"
+                    r = c.post(self.path, json={"input": f"{i}-{n}"})
+                    body = r.json()
+                    good = r.status_code == 200 and body["input"] == f"{i}-{n}"
+                    good = good and (self.model is None or body["model"] == self.model)
                     why = f"{r.status_code} {r.text[:200]}"
-                except httpx.HTTPError as e:
+                except (httpx.HTTPError, ValueError, KeyError) as e:
                     good, why = False, repr(e)
                 with self.lock:
                     if good:
@@ -56,8 +64,9 @@ class SteadyClient:
 
 def test_killed_worker_is_replaced_and_only_its_request_fails(serve):
     s = serve(app("echo:Echo"), api_servers=1, workers=2)
+    s.wait_workers(2)
     before = s.pids()
-    # One slow request on each worker (least-in-flight routing spreads them).
+    # One slow request on each worker (least-loaded routing spreads them).
     with cf.ThreadPoolExecutor(2) as pool:
         futs = [pool.submit(s.post, json={"sleep": 3, "input": i}) for i in range(2)]
         wait_for(lambda: _in_flight(s, "api_servers") >= 2)
