@@ -588,6 +588,40 @@ class ModelOptions(msgspec.Struct, kw_only=True):
     worker_max_rss: int | None = None
 
 
+class LitRoute(msgspec.Struct, kw_only=True):
+    """A LitAPI of a `LitServer(...)`, as LitServe routes it."""
+
+    model: str  # the model's name
+    path: str  # LitServe's route: the api_path, or the spec's (/v1/chat/completions, ...)
+    route: str = "predict"  # what the worker is asked: "predict", "chat" or "embeddings"
+    stream: bool = False  # as /info reports it; a streaming API turns gzip off
+    # The LitAPI has its own `authorize` (checked by its worker): LIT_SERVER_API_KEY is not.
+    authorize: bool = False
+
+
+class LitServerOptions(msgspec.Struct, kw_only=True):
+    """What a LitServe file's `LitServer(...)` and `.run(...)` said about the server itself
+    (frontend/litserve_routes.py answers it; ferryman/litserve.py fills it in)."""
+
+    routes: list[LitRoute] = []
+    healthcheck_path: str = "/health"
+    info_path: str = "/info"
+    model_metadata: Any = None
+    # /info's "server" values as LitServer was given them (workers_per_device, timeout, ...).
+    info: dict[str, Any] = {}
+    track_requests: bool = False
+    shutdown_path: str | None = None  # the shutdown API's route; None: not enabled
+    shutdown_key: str | None = None
+    # FastAPI's /openapi.json for these routes, built where the LitAPIs are (None: disabled),
+    # and the pages that show it (path -> HTML: /docs, /redoc).
+    openapi: str | None = None
+    pages: dict[str, str] = {}
+    # Starlette middlewares by "module:Class" with their keyword arguments (ferryman.litserve
+    # accepts only starlette's own, which the API process may import).
+    middlewares: list[tuple[str, dict[str, Any]]] = []
+    gzip: bool = False  # LitServe gzips every answer of 1000 bytes or more when nothing streams
+
+
 class ServerOptions(msgspec.Struct, kw_only=True):
     api_servers: int = msgspec.field(default_factory=_default_api_servers)
     host: str = "127.0.0.1"
@@ -602,6 +636,9 @@ class ServerOptions(msgspec.Struct, kw_only=True):
     admin_token: str | None = None
     log_level: str = "info"
     log_format: str = "logfmt"
+    # Set only for a LitServe file's `LitServer(...)` (ferryman.litserve), never by a flag: the
+    # API processes then answer LitServe's own routes as LitServe does.
+    litserve: LitServerOptions | None = None
 
 
 class ModelSpec(msgspec.Struct, kw_only=True):
@@ -614,6 +651,10 @@ class ModelSpec(msgspec.Struct, kw_only=True):
     instance_file: str | None = None
     # Settings that came with the app's code (LitServer(...) arguments): re-applied on reload.
     code_options: dict[str, Any] = {}
+    # The script that built the pickled instance (`python app.py`, `ferryman serve app.py`):
+    # workers import it as `__main__` before unpickling, since what it defines (a callback, a
+    # logger) pickles as `__main__.Name` even when the API's class lives in a library.
+    main_file: str | None = None
 
     @property
     def api_path(self) -> str:
@@ -764,6 +805,7 @@ def make_model(
         options=ModelOptions(**values),
         instance_file=entry.get("instance_file"),
         code_options=code,
+        main_file=entry.get("main_file"),
     )
 
 
@@ -817,6 +859,11 @@ def build_config(
     launch_server, launch_model = split_scopes(launch.get("options", {}))
     server_values = {**top_server, **launch_server, **server_flags}
     server = ServerOptions(**server_values)
+    if launch.get("litserve"):
+        try:
+            server.litserve = msgspec.convert(launch["litserve"], LitServerOptions)
+        except msgspec.ValidationError as e:
+            raise OptionError(f"the launch file's LitServer settings: {e}") from None
     if server.admin_token is None:
         server.admin_token = os.environ.get("FERRYMAN_ADMIN_TOKEN") or None
     if server.api_key is None:

@@ -1,16 +1,23 @@
 """`ferryman.Server(api, **options).run()`: the Python way to start what `ferryman serve` starts.
 
 Runs in the user's process, which `run()` then replaces (exec) with a fresh supervisor: the
-supervisor must hold no user code, so the instances built here reach the workers pickled.
+supervisor must hold no user code, so the instances built here reach the workers pickled. Also
+`ferryman serve FILE.py` (run_file): that command's process runs the user's file, which ends in
+such an exec.
 """
 
 from __future__ import annotations
 
+import builtins
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import json
 import os
 import pickle
 import sys
 import tempfile
+import types
 from collections.abc import Iterable
 from typing import Any
 
@@ -54,6 +61,7 @@ class Server:
                     "app": _app_spec(api),
                     "instance_file": None if isinstance(api, type) else _pickle_instance(api),
                     "code_options": code,
+                    "main_file": main_file(),
                 }
             )
         return {"options": _jsonable(opts), "models": models}
@@ -74,6 +82,87 @@ def run_launch(launch: dict[str, Any]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, argv)
+
+
+class NoServer(Exception):
+    """The file ran to its end without starting a server."""
+
+
+def run_file(path: str, cli_args: list[str]) -> None:
+    """`ferryman serve FILE.py`: run the file as `python FILE.py` would, as the real `__main__`
+    (so that what it defines pickles as `__main__.Name`, as the workers load it), with
+    LitServe's `LitServer` replaced by ferryman's (ferryman/litserve.py) the moment `litserve`
+    is imported. Its `LitServer(...).run()` or `ferryman.Server(...).run()` replaces this
+    process with the supervisor; `cli_args` (the command line's flags) go along and beat what
+    the file says. Raises NoServer if the file ends without starting one."""
+    path = os.path.abspath(path)
+    with open(path, "rb") as f:
+        # dont_inherit: this module's `from __future__ import annotations` must not turn the
+        # file's annotations into strings (FastAPI and pydantic read them).
+        code = compile(f.read(), path, "exec", dont_inherit=True)
+    os.environ[CLI_ARGS_ENV] = json.dumps(cli_args)
+    hook = _LitServeHook()
+    sys.meta_path.insert(0, hook)
+    module = types.ModuleType("__main__")
+    module.__file__ = path
+    module.__loader__ = importlib.machinery.SourceFileLoader("__main__", path)
+    module.__dict__["__builtins__"] = builtins
+    sys.modules["__main__"] = module
+    sys.argv = [path]
+    sys.path.insert(0, os.path.dirname(path))
+    try:
+        exec(code, module.__dict__)
+    finally:
+        if hook in sys.meta_path:
+            sys.meta_path.remove(hook)
+        os.environ.pop(CLI_ARGS_ENV, None)
+    raise NoServer(
+        f"{path} ran to its end without starting a server: ferryman serve FILE.py runs "
+        "the file's LitServer(...).run() or ferryman.Server(...).run() (under "
+        "if __name__ == '__main__'); or name the API class: ferryman serve FILE.py:MyAPI"
+    )
+
+
+class _LitServeHook(importlib.abc.MetaPathFinder):
+    """Puts ferryman's LitServer in place of LitServe's in `litserve` and `litserve.server`,
+    right after the package is imported (whichever module of the file imports it)."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != "litserve":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _PatchingLoader(spec.loader)
+        return spec
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def create_module(self, spec: Any) -> Any:
+        return self.inner.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        module.__loader__ = module.__spec__.loader = self.inner  # the package's own from now on
+        self.inner.exec_module(module)
+        importing = sys.modules.get("ferryman.litserve")
+        if importing is not None and not hasattr(importing, "take_over"):
+            return  # the file imports ferryman.litserve, which imports litserve: it takes over
+        from ferryman import litserve as stand_in
+
+        stand_in.take_over()
+
+
+def main_file() -> str | None:
+    """The script running as `__main__` (`python app.py`, `ferryman serve app.py`): workers
+    import it as `__main__` before they unpickle an instance, whose callbacks or loggers may be
+    defined there even when its own class comes from a library."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not isinstance(path, str) or not path.endswith(".py") or not os.path.isfile(path):
+        return None
+    return os.path.abspath(path)
 
 
 def _is_list(api: Any) -> bool:

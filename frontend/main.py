@@ -54,6 +54,11 @@ async def serve(child: Any) -> int:
     board = Board(spec.board)
     dispatcher = Dispatcher(child.ctx, spec.api.endpoint, board, spec.server.max_queue)
     app = HttpApp(dispatcher, spec, ApiMetrics(child.metrics))
+    asgi: Any = app
+    if spec.server.litserve is not None:  # a LitServe file's LitServer: its routes and shapes
+        from ferryman.frontend.litserve_routes import wrap
+
+        asgi = wrap(app, spec.server.litserve)
 
     # JSON errors for what the parser cannot frame, and bounds on the request head (431, 408).
     JsonErrors = guarded_protocol(spec.server.body_timeout)
@@ -93,7 +98,7 @@ async def serve(child: Any) -> int:
                     await asyncio.wait(tasks, timeout=2)
 
     config = uvicorn.Config(
-        app,
+        asgi,
         http=JsonErrors,
         ws="none",  # an Upgrade request is answered as plain HTTP (JSON), never half-handled
         lifespan="off",

@@ -667,7 +667,6 @@ def test_server_takes_a_litapi_instances_settings():
 @pytest.mark.parametrize(
     "name, args, needle",
     [
-        ("AuthAPI", [], "AuthAPI.authorize is not supported"),
         ("SimpleStreamAPI", [], "SimpleStreamAPI.predict is a generator"),
         ("openai_api", [], "start ferryman with --spec openai"),
     ],

@@ -1,8 +1,9 @@
 """How the inference worker parses a route's request bodies and renders its answers and errors.
 
-A codec per route: "predict" (the model's api_path) and, with spec=openai, "chat". Specs (OpenAI)
-and LitServe's conventions subclass the plain JSON codec. A codec calls the user's
-decode_request / encode_response; the engine calls everything else and awaits what is async.
+A codec per route: "predict" (the model's api_path), "chat" (spec=openai) and "embeddings"
+(spec=openai_embedding). Specs (OpenAI) and LitServe's conventions subclass the plain JSON codec.
+A codec calls the user's decode_request / encode_response; the engine calls everything else and
+awaits what is async.
 """
 
 from __future__ import annotations
@@ -22,6 +23,14 @@ log = logging.getLogger("ferryman.worker")
 
 JSON = "application/json"
 NDJSON = "application/x-ndjson"
+PLAIN = "text/plain; charset=utf-8"
+# What starlette answers when an exception escapes everything (LitServe's API process does so for
+# an answer it cannot serialise): a bare text 500.
+PLAIN_500 = b"Internal Server Error"
+# Statuses whose answer has no body (RFC 9110), as starlette's Response sends them.
+NO_BODY = frozenset((204, 205, 304))
+
+Answer = tuple[int, str, bytes, "list[tuple[str, str]] | None"]
 
 
 def _enc_hook(obj: Any) -> Any:
@@ -61,6 +70,16 @@ class Failure(NamedTuple):
     message: str
     detail: Any
     param: str | None = None
+    headers: list[tuple[str, str]] | None = None  # an HTTPException's own, where kept
+    plain: bool = False  # starlette's bare text 500, where LitServe answers one
+
+
+class Choices(tuple[Any, ...]):
+    """One step of n runs of one request (OpenAI's `n`): an item of each."""
+
+
+class BatchSizeMismatch(RuntimeError):
+    """unbatch returned a number of outputs other than the batch's size."""
 
 
 LITSERVE_500 = "Internal server error"  # litserve/server.py's own wording
@@ -76,21 +95,33 @@ def describe(e: BaseException, request_id: str) -> Failure:
     if isinstance(e, RequestError):
         return Failure(e.status, e.kind, e.message, e.detail, e.param)
     status = getattr(e, "status_code", None)
-    if (
-        isinstance(status, int)
-        and not isinstance(status, bool)
-        and 400 <= status <= 599
-        and hasattr(e, "detail")
-    ):
-        detail = e.detail
-        if detail is None:
-            try:
-                detail = http.HTTPStatus(status).phrase
-            except ValueError:
-                detail = str(status)
-        message = detail if isinstance(detail, str) else json_encode(detail).decode()
-        return Failure(status, "http_exception", message, detail)
+    if isinstance(status, int) and 400 <= status <= 599:
+        found = describe_http(e, keep_headers=False)
+        if found is not None:
+            return found
+    return internal(request_id)
+
+
+def internal(request_id: str) -> Failure:
     return Failure(500, "internal_error", errors.internal_error_message(request_id), LITSERVE_500)
+
+
+def describe_http(e: BaseException, keep_headers: bool = True) -> Failure | None:
+    """An HTTPException-like exception (an int status_code and a detail) as its Failure, with its
+    headers where kept; None for anything else."""
+    status = getattr(e, "status_code", None)
+    if not isinstance(status, int) or isinstance(status, bool) or not hasattr(e, "detail"):
+        return None
+    detail = e.detail
+    if detail is None:
+        try:
+            detail = http.HTTPStatus(status).phrase
+        except ValueError:
+            detail = str(status)
+    message = detail if isinstance(detail, str) else json_encode(detail).decode()
+    headers = getattr(e, "headers", None) if keep_headers else None
+    listed = [(str(k), str(v)) for k, v in headers.items()] if isinstance(headers, dict) else None
+    return Failure(status, "http_exception", message, detail, headers=listed or None)
 
 
 class Renderer(Protocol):
@@ -132,6 +163,8 @@ class Codec:
     stream_content_type = NDJSON
     shape = errors.FERRYMAN
     batch_encodes_streams = False
+    may_copy = False  # copies() may say more than 1
+    fails_by_request = False  # how a request fails depends on what it asked (a stream or not)
 
     def __init__(self, api: Any, stream: bool) -> None:
         self.api = api
@@ -157,7 +190,9 @@ class Codec:
 
     # -- requests ----------------------------------------------------------------------------
 
-    def parse(self, body: bytes) -> Any:
+    def parse(self, body: bytes, content_type: bytes = b"") -> Any:
+        """The request the user's code sees, from the body (and, for some codecs, its
+        Content-Type)."""
         if not body:
             raise RequestError(400, "invalid_request", "the request body is empty; send JSON")
         try:
@@ -179,6 +214,14 @@ class Codec:
     def is_stream(self, request: Any) -> bool:
         return self.stream
 
+    def copies(self, request: Any) -> int:
+        """How many times the request runs, its items answered together (OpenAI's `n`)."""
+        return 1
+
+    def copy(self, request: Any) -> Any:
+        """The request one of those runs sees."""
+        return request
+
     # -- answers -----------------------------------------------------------------------------
 
     def encode(self, output: Any, ctx: Any) -> Any:
@@ -188,7 +231,7 @@ class Codec:
             return self.user_encode(output, context=ctx)
         return self.user_encode(output)
 
-    def answer(self, encoded: Any) -> tuple[int, str, bytes, list[tuple[str, str]] | None]:
+    def answer(self, encoded: Any, request: Any) -> Answer:
         """(status, content type, body, extra headers) of a plain answer."""
         return 200, JSON, json_encode(encoded), None
 
@@ -200,6 +243,23 @@ class Codec:
         return NdjsonRenderer()
 
     # -- errors ------------------------------------------------------------------------------
+
+    def describe(self, e: BaseException, request_id: str) -> Failure:
+        """What the client is told of an exception raised while answering."""
+        return describe(e, request_id)
+
+    def fails_as_stream(self, request: Any, stage: str) -> bool:
+        """A failure at `stage` (see error_reply) is told inside a 200 stream, as a server whose
+        streamed answer had begun would (LitServe's): stream_error's bytes, then the end."""
+        return False
+
+    def error_reply(self, f: Failure, request_id: str, request: Any, stage: str) -> Answer:
+        """The answer to a request that failed before its first part went out. `stage`:
+        "parse", "decode_request", "predict", "encode_response", "queue" (expired),
+        "cancel" (nobody listens), "authorize"."""
+        if f.plain:
+            return f.status, PLAIN, PLAIN_500, f.headers
+        return f.status, JSON, self.error_body(f, request_id), f.headers
 
     def error_body(self, f: Failure, request_id: str) -> bytes:
         extra = {"request_id": request_id} if f.status >= 500 else {}
@@ -218,15 +278,22 @@ def _reason(e: BaseException) -> str:
     return str(e)
 
 
-def build_codecs(api: Any, stream: bool, spec: str | None) -> dict[str, Codec]:
-    """Route name -> codec: "predict" (the api_path) and, with spec=openai, "chat"."""
+def build_codecs(
+    api: Any, stream: bool, spec: str | None, max_batch_size: int = 1
+) -> dict[str, Codec]:
+    """Route name -> codec: "predict" (the api_path), with spec=openai "chat", with
+    spec=openai_embedding "embeddings"."""
     from ferryman.workers import litserve_compat
 
     if litserve_compat.is_litapi(api):
-        return litserve_compat.codecs(api, stream, spec)
+        return litserve_compat.codecs(api, stream, spec, max_batch_size)
     codecs = {"predict": Codec(api, stream)}
     if spec == "openai":
         from ferryman.workers.openai_spec import OpenAICodec
 
         codecs["chat"] = OpenAICodec(api)
+    elif spec == "openai_embedding":
+        from ferryman.workers.embeddings import EmbeddingCodec
+
+        codecs["embeddings"] = EmbeddingCodec(api, max_batch_size)
     return codecs

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 import traceback
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from inspect import isawaitable
 from typing import Any, Protocol
 
@@ -31,13 +31,13 @@ from ferryman.options import ModelOptions
 from ferryman.workers import calls
 from ferryman.workers.calls import close, is_async_iter, step, takes_context
 from ferryman.workers.codecs import (
-    JSON,
+    BatchSizeMismatch,
+    Choices,
     Codec,
     Failure,
     Renderer,
     RequestError,
     build_codecs,
-    describe,
 )
 from ferryman.workers.fanout import FanOut
 from ferryman.workers.hooks import Callbacks
@@ -60,6 +60,8 @@ class Task:
     __slots__ = (
         "body",
         "cancelled",
+        "content_type",
+        "copies",
         "ctx",
         "deadline",
         "finished",
@@ -72,6 +74,7 @@ class Task:
         "request",
         "route",
         "started",
+        "status",
         "t_recv",
         "x",
     )
@@ -86,6 +89,7 @@ class Task:
         body: bytes,
         t_recv: float,
         query: bytes = b"",
+        content_type: bytes = b"",
     ) -> None:
         self.link = link  # where the answer goes: anything with a `name`
         self.id = id
@@ -93,6 +97,8 @@ class Task:
         self.deadline = deadline  # time.monotonic(); 0.0: none
         self.headers = headers
         self.query = query
+        self.content_type = content_type  # known to LitServe-convention workers only
+        self.copies = 1  # runs of the request whose items are answered together (OpenAI's n)
         self.body = body
         self.t_recv = t_recv
         self.request: Any = None
@@ -101,6 +107,7 @@ class Task:
         self.renderer: Renderer | None = None
         self.job: Any = None  # the loop's record of the job running it; None while queued
         self.started = False  # a streamed answer's first part has gone out
+        self.status = 0  # the status its answer went out with (set by the sink)
         self.finished = False  # its final message has gone out (set by the sink)
         self.cancelled = False  # the API process gave up on it (set by the loop)
 
@@ -147,8 +154,9 @@ class Engine:
         self.stats = stats
         self.max_batch_size = options.max_batch_size
         self.batching = self.max_batch_size > 1
-        self.codecs = build_codecs(api, options.stream, options.spec)
-        self.default_codec = self.codecs["predict"]
+        self.codecs = build_codecs(api, options.stream, options.spec, options.max_batch_size)
+        # Errors outside any route (an unknown one) take the shape of the API's first route.
+        self.default_codec = self.codecs.get("predict") or next(iter(self.codecs.values()))
         self.predict: Callable[..., Any] = api.predict
         self.batch: Callable[..., Any] = getattr(api, "batch", None) or default_batch
         self.unbatch: Callable[..., Any] = getattr(api, "unbatch", None) or list
@@ -174,8 +182,14 @@ class Engine:
             r for r, c in self.codecs.items() if not self.concurrent and not c.iterates
         )
         cbs = Callbacks.of(api)
+        self.before_decode = cbs.before_decode
+        self.after_decode = cbs.after_decode
         self.before_predict = cbs.before_predict
         self.after_predict = cbs.after_predict
+        self.before_encode = cbs.before_encode
+        self.after_encode = cbs.after_encode
+        self.decode_hooks = self.before_decode is not None or self.after_decode is not None
+        self.encode_hooks = self.before_encode is not None or self.after_encode is not None
 
     # -- what the loop calls ---------------------------------------------------------------------
 
@@ -187,20 +201,35 @@ class Engine:
     def expire(self, t: Task) -> None:
         """Its deadline passed before it ran: 504 (the API process may have answered already;
         for a LitAPI it has not: the timeout counts only the wait before predict starts)."""
-        self._answer_failure(self._codec(t), t, EXPIRED)
+        codec = self._codec(t)
+        if codec.fails_by_request and t.request is None:
+            try:  # whether it asked for a stream decides how it fails
+                t.request = codec.parse(t.body, t.content_type)
+            except Exception:
+                pass
+        self._answer_failure(codec, t, EXPIRED, "queue")
 
     def drop(self, t: Task) -> None:
         """Cancelled before it ran: close the books on it (nobody listens)."""
-        self._answer_failure(self._codec(t), t, CLOSED)
+        self._answer_failure(self._codec(t), t, CLOSED, "cancel")
+
+    def describe(self, t: Task, e: BaseException) -> Failure:
+        """What t's client would be told of `e`, in its route's shape."""
+        return self._codec(t).describe(e, t.request_id)
+
+    def refuse(self, t: Task, f: Failure) -> None:
+        """Refused before it was queued (authorize said no)."""
+        self._answer_failure(self._codec(t), t, f, "authorize")
 
     def crash(self, t: Task, e: BaseException) -> None:
         """The job running it failed outside user code: an internal error, so that it is not
         left hanging."""
         codec = self._codec(t)
+        f = codec.describe(e, t.request_id)
         if t.started:
-            self.sink.chunk(t, codec.stream_error(describe(e, t.request_id), t.request_id), False)
+            self.sink.chunk(t, codec.stream_error(f, t.request_id), False)
         else:
-            self._answer_failure(codec, t, describe(e, t.request_id))
+            self._answer_failure(codec, t, f, "predict")
 
     # -- synchronous code on a plain route: answered at once, no coroutine -----------------------
 
@@ -214,12 +243,13 @@ class Engine:
         more (a few percent of what the worker spends on it)."""
         codec = self.codecs[tasks[0].route]
         if self.batching:
-            ready = [t for t in tasks if self._decoded(codec, t)]
+            ready = self._decode_now(codec, tasks)
             if ready:
                 self._run_batched_now(codec, ready)
             return
+        decode_hooks = self.decode_hooks
         for t in tasks:
-            if not self._decoded(codec, t):
+            if not (self._decode_now(codec, [t]) if decode_hooks else self._decoded(codec, t)):
                 continue
             stats = self.stats
             if stats is not None:
@@ -238,13 +268,52 @@ class Engine:
                 stats.request(t0 - t.t_recv, time.monotonic() - t0)
             self._answer_now(codec, t, out)
 
-    def _decoded(self, codec: Codec, t: Task) -> bool:
+    def _decode_now(self, codec: Codec, tasks: list[Task]) -> list[Task]:
+        """Every task decoded (one set of decode hooks for the batch, as LitServe); those that
+        failed are answered."""
+        if self.before_decode:
+            self.before_decode(self.api)
+        ready = [t for t in tasks if self._decoded(codec, t)]
+        if self.after_decode:
+            self.after_decode(self.api)
+        return ready
+
+    def _parsed(self, codec: Codec, t: Task) -> bool:
         try:
-            t.request = request = codec.parse(t.body)
+            t.request = request = codec.parse(t.body, t.content_type)
+            copies = codec.copies(request) if codec.may_copy else 1
+            if copies > 1:
+                if self.batching:
+                    raise RequestError(
+                        400, "invalid_request", "n > 1 is not served with batching", "n"
+                    )
+                t.copies = copies
+                t.request = request = codec.copy(request)
             if self.context:
                 t.ctx = Context(f"{t.link.name}-{t.id}", t.deadline, t.headers, t.query)
                 codec.populate(t.ctx, request)
-            t.x = codec.decode(request, t.ctx)
+        except Exception as e:
+            self._fail(codec, t, e, "parse")
+            return False
+        return True
+
+    def _decoded(self, codec: Codec, t: Task) -> bool:
+        """Parsed and decoded (the hot path of synchronous code: _parsed inlined when no
+        request runs more than once)."""
+        if codec.may_copy:
+            if not self._parsed(codec, t):
+                return False
+        else:
+            try:
+                t.request = codec.parse(t.body, t.content_type)
+                if self.context:
+                    t.ctx = Context(f"{t.link.name}-{t.id}", t.deadline, t.headers, t.query)
+                    codec.populate(t.ctx, t.request)
+            except Exception as e:
+                self._fail(codec, t, e, "parse")
+                return False
+        try:
+            t.x = codec.decode(t.request, t.ctx)
         except Exception as e:
             self._fail(codec, t, e, "decode_request")
             return False
@@ -263,22 +332,33 @@ class Engine:
                 self.before_predict(self.api)
             y = self.predict(x, context=ctxs) if self.predict_ctx else self.predict(x)
             outs = self.unbatch(y, context=ctxs) if self.unbatch_ctx else self.unbatch(y)
-            if len(outs) != n:
-                raise RuntimeError(f"unbatch returned {len(outs)} outputs for a batch of {n}")
+            _check_size(outs, n)
         except Exception as e:
             self._fail_all(codec, tasks, e, "predict")
             return
         if self.after_predict:
             self.after_predict(self.api)
         t1 = time.monotonic()
+        if self.before_encode:
+            self.before_encode(self.api)
         for t, out in zip(tasks, outs, strict=True):
             if self.stats is not None:
                 self.stats.request(t0 - t.t_recv, t1 - t0)
-            self._answer_now(codec, t, out)
+            self._answer_now(codec, t, out, False)
+        if self.after_encode:
+            self.after_encode(self.api)
 
-    def _answer_now(self, codec: Codec, t: Task, out: Any) -> None:
+    def _answer_now(self, codec: Codec, t: Task, out: Any, hooks: bool = True) -> None:
         try:
-            status, content_type, body, headers = codec.answer(codec.encode(out, t.ctx))
+            if hooks and self.encode_hooks:
+                if self.before_encode:
+                    self.before_encode(self.api)
+                encoded = codec.encode(out, t.ctx)
+                if self.after_encode:
+                    self.after_encode(self.api)
+            else:
+                encoded = codec.encode(out, t.ctx)
+            status, content_type, body, headers = codec.answer(encoded, t.request)
         except Exception as e:
             self._fail(codec, t, e, "encode_response")
             return
@@ -291,7 +371,12 @@ class Engine:
             codec = self.codecs.get(tasks[0].route)
             if codec is None:
                 for t in tasks:
-                    self._fail(self.default_codec, t, RequestError(404, "not_found", "no route"))
+                    self._fail(
+                        self.default_codec,
+                        t,
+                        RequestError(404, "not_found", f"no route {t.route}", detail="Not Found"),
+                        "parse",
+                    )
                 return
             ready = await self._decode(codec, tasks)
             if not ready:
@@ -316,15 +401,15 @@ class Engine:
 
     async def _decode(self, codec: Codec, tasks: list[Task]) -> list[Task]:
         if not self.concurrent:
-            return [t for t in tasks if self._decoded(codec, t)]
+            return self._decode_now(codec, tasks)
+        if self.before_decode:
+            self.before_decode(self.api)
         ready: list[Task] = []
         for t in tasks:
+            if not self._parsed(codec, t):
+                continue
             try:
-                t.request = request = codec.parse(t.body)
-                if self.context:
-                    t.ctx = Context(f"{t.link.name}-{t.id}", t.deadline, t.headers, t.query)
-                    codec.populate(t.ctx, request)
-                x = codec.decode(request, t.ctx)
+                x = codec.decode(t.request, t.ctx)
                 if isawaitable(x):
                     x = await x
             except Exception as e:
@@ -332,6 +417,8 @@ class Engine:
                 continue
             t.x = x
             ready.append(t)
+        if self.after_decode:
+            self.after_decode(self.api)
         return ready
 
     async def _run_one(self, codec: Codec, t: Task) -> None:
@@ -366,25 +453,32 @@ class Engine:
                 self.before_predict(self.api)
             y = await self._call(self.predict, self.predict_ctx, x, ctxs)
             outs = await self._call(self.unbatch, self.unbatch_ctx, y, ctxs)
-            if len(outs) != n:
-                raise RuntimeError(f"unbatch returned {len(outs)} outputs for a batch of {n}")
+            _check_size(outs, n)
         except Exception as e:
             self._fail_all(codec, tasks, e, "predict")
             return
         if self.after_predict:
             self.after_predict(self.api)
         t1 = time.monotonic()
+        if self.before_encode:
+            self.before_encode(self.api)
         for t, out in zip(tasks, outs, strict=True):
             if self.stats is not None:
                 self.stats.request(t0 - t.t_recv, t1 - t0)
-            await self._answer(codec, t, out)
+            await self._answer(codec, t, out, False)
+        if self.after_encode:
+            self.after_encode(self.api)
 
-    async def _answer(self, codec: Codec, t: Task, out: Any) -> None:
+    async def _answer(self, codec: Codec, t: Task, out: Any, hooks: bool = True) -> None:
         try:
+            if hooks and self.before_encode:
+                self.before_encode(self.api)
             encoded = codec.encode(out, t.ctx)
             if self.concurrent and isawaitable(encoded):
                 encoded = await encoded
-            status, content_type, body, headers = codec.answer(encoded)
+            if hooks and self.after_encode:
+                self.after_encode(self.api)
+            status, content_type, body, headers = codec.answer(encoded, t.request)
         except Exception as e:
             self._fail(codec, t, e, "encode_response")
             return
@@ -402,25 +496,45 @@ class Engine:
         if self.stats is not None:
             self.stats.batch(1)
         t0 = time.monotonic()
-        out = stream = None
+        outs: list[Any] = []
+        streams: list[Any] = []
         try:
             if self.before_predict:
                 self.before_predict(self.api)
-            out = self.predict(t.x, context=t.ctx) if self.predict_ctx else self.predict(t.x)
-            if self.concurrent and isawaitable(out):
-                out = await out
-            stream = await self._encoded_stream(codec, out, t.ctx)
+            for k in range(t.copies):
+                x, ctx = (t.x, t.ctx) if k == 0 else await self._copy(codec, t)
+                out = self.predict(x, context=ctx) if self.predict_ctx else self.predict(x)
+                if self.concurrent and isawaitable(out):
+                    out = await out
+                outs.append(out)
+                if k == 0 and self.before_encode:
+                    self.before_encode(self.api)
+                streams.append(await self._encoded_stream(codec, out, ctx))
         except Exception as e:
-            await close(out)
+            for s in (*streams, *outs):
+                await close(s)
             self._fail(codec, t, e, "predict")
             return
+        stream = streams[0] if t.copies == 1 else _zip_choices(streams)
         try:
             await self._pump(codec, [t], [stream], None, t0)
         finally:
             # A cut stream's encode_response, then predict, end here (GeneratorExit at their
             # yield), not at garbage collection.
-            await close(stream)
-            await close(out)
+            for s in (stream, *streams, *outs):
+                await close(s)
+
+    async def _copy(self, codec: Codec, t: Task) -> tuple[Any, Context | None]:
+        """Another run of t's request (LitServe answers n choices by running it n times): its
+        own context, decode_request again."""
+        ctx = None
+        if self.context:
+            ctx = Context(f"{t.link.name}-{t.id}", t.deadline, t.headers, t.query)
+            codec.populate(ctx, t.request)
+        x = codec.decode(t.request, ctx)
+        if self.concurrent and isawaitable(x):
+            x = await x
+        return x, ctx
 
     async def _stream_batched(self, codec: Codec, tasks: list[Task]) -> None:
         """predict yields batched items; each request's encode_response gets its own items
@@ -436,6 +550,8 @@ class Engine:
             if self.before_predict:
                 self.before_predict(self.api)
             steps = await self._call(self.predict, self.predict_ctx, x, ctxs)
+            if self.before_encode:
+                self.before_encode(self.api)
             if codec.batch_encodes_streams:
                 source = await self._encoded_stream(codec, self._unbatch_whole(steps, ctxs), ctxs)
             else:
@@ -552,6 +668,8 @@ class Engine:
                 await step()
         if self.after_predict:
             self.after_predict(self.api)
+        if self.after_encode:
+            self.after_encode(self.api)
 
     async def _leave(self, t: Task, stream: Any, fan: FanOut | None, i: int) -> None:
         if fan is not None:
@@ -570,8 +688,12 @@ class Engine:
         if t.started:
             self.sink.chunk(t, tail, False)
             return
-        content_type = codec.content_type if renderer.whole else codec.stream_content_type
-        self.sink.reply(t, 200, content_type, tail)  # an empty stream is still a 200
+        if renderer.whole:
+            self.sink.reply(t, 200, codec.content_type, tail)
+        else:  # a stream without items is still a stream (chunked, its content type)
+            t.started = True
+            self.sink.reply(t, 200, codec.stream_content_type, tail, True)
+            self.sink.chunk(t, b"", False)
         if self.stats is not None:
             self.stats.request(t0 - t.t_recv, time.monotonic() - t0)
 
@@ -580,7 +702,7 @@ class Engine:
             self._fail(codec, t, e, "predict", logged=logged)
             return
         rid = t.request_id
-        f = describe(e, rid)
+        f = codec.describe(e, rid)
         if f.status >= 500 and not logged:
             _log_exc(e, "predict", rid)
         self.sink.chunk(t, codec.stream_error(f, rid), False)
@@ -603,18 +725,25 @@ class Engine:
         self, codec: Codec, t: Task, e: Exception, stage: str = "", logged: bool = False
     ) -> None:
         rid = t.request_id
-        f = describe(e, rid)
-        if f.status >= 500 and not logged:
+        f = codec.describe(e, rid)
+        if f.status >= 500 and not logged and not isinstance(e, RequestError):
             _log_exc(e, stage, rid)
-        self._answer_failure(codec, t, f)
+        self._answer_failure(codec, t, f, stage)
 
     def _fail_all(self, codec: Codec, tasks: list[Task], e: Exception, stage: str) -> None:
         _log_exc(e, stage, ",".join(t.request_id for t in tasks))
         for t in tasks:
             self._fail(codec, t, e, stage, logged=True)
 
-    def _answer_failure(self, codec: Codec, t: Task, f: Failure) -> None:
-        self.sink.reply(t, f.status, JSON, codec.error_body(f, t.request_id))
+    def _answer_failure(self, codec: Codec, t: Task, f: Failure, stage: str) -> None:
+        if codec.fails_as_stream(t.request, stage):
+            t.started = True
+            body = codec.stream_error(f, t.request_id)
+            self.sink.reply(t, 200, codec.stream_content_type, body, True)
+            self.sink.chunk(t, b"", False)
+            return
+        status, content_type, body, headers = codec.error_reply(f, t.request_id, t.request, stage)
+        self.sink.reply(t, status, content_type, body, False, headers)
 
 
 def _log_exc(e: BaseException, stage: str, request_id: str) -> None:
@@ -626,6 +755,40 @@ def _log_exc(e: BaseException, stage: str, request_id: str) -> None:
             traceback="".join(traceback.format_exception(e)).rstrip(),
         ),
     )
+
+
+def _zip_choices(streams: list[Any]) -> Any:
+    """n streams as one whose items are Choices (an item of each), until the shortest ends."""
+    if any(is_async_iter(s) for s in streams):
+        return _azip_choices(streams)
+    return _szip_choices(streams)
+
+
+def _szip_choices(streams: list[Any]) -> Iterator[Choices]:
+    while True:
+        step = []
+        for s in streams:
+            item = next(s, _DONE)
+            if item is _DONE:
+                return
+            step.append(item)
+        yield Choices(step)
+
+
+async def _azip_choices(streams: list[Any]) -> AsyncIterator[Choices]:
+    while True:
+        step = []
+        for s in streams:
+            item = await anext(s, _DONE) if is_async_iter(s) else next(s, _DONE)
+            if item is _DONE:
+                return
+            step.append(item)
+        yield Choices(step)
+
+
+def _check_size(outs: Any, n: int) -> None:
+    if len(outs) != n:
+        raise BatchSizeMismatch(f"unbatch returned {len(outs)} outputs for a batch of {n}")
 
 
 def _raising(e: Exception) -> Iterator[Any]:

@@ -13,6 +13,8 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+from ferryman.workers.codecs import BatchSizeMismatch
+
 
 class FanOut:
     __slots__ = ("done", "error", "live", "logged", "n", "queues", "source")
@@ -62,7 +64,7 @@ class FanOut:
 
     def _spread(self, parts: Any) -> None:
         if len(parts) != self.n:
-            raise RuntimeError(
+            raise BatchSizeMismatch(
                 f"unbatch returned {len(parts)} items for a batch of {self.n} streams"
             )
         for i, part in enumerate(parts):

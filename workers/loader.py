@@ -29,9 +29,38 @@ def split_spec(spec: str) -> tuple[str, str]:
     return module, name
 
 
-def import_module(target: str) -> Any:
-    """Import a file path or a dotted module; the user's file becomes `__main__` for pickle."""
-    if target.endswith(".py") or os.sep in target:
+def import_main(path: str) -> Any:
+    """The script that pickled the instance, as `__main__` (its `if __name__ == "__main__":`
+    block does not run: it is imported as `__mp_main__`, as multiprocessing's spawn does), so
+    that what it defined unpickles."""
+    path = os.path.abspath(path)
+    directory = os.path.dirname(path)
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    spec = importlib.util.spec_from_file_location("__mp_main__", path)
+    if spec is None or spec.loader is None:
+        raise AppError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["__mp_main__"] = module
+    sys.modules["__main__"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _same_file(target: str, path: str) -> bool:
+    return os.path.abspath(target) == os.path.abspath(path)
+
+
+def import_module(target: str, main_file: str | None = None) -> Any:
+    """Import a file path or a dotted module; the user's file becomes `__main__` for pickle
+    (unless another script is, `main_file`)."""
+    is_file = target.endswith(".py") or os.sep in target
+    if main_file and not (is_file and _same_file(target, main_file)):
+        main = import_main(main_file)
+        module = import_module(target)
+        sys.modules["__main__"] = main
+        return module
+    if is_file:
         path = os.path.abspath(target)
         if not os.path.isfile(path):
             raise AppError(f"app file {target!r} does not exist")
@@ -54,9 +83,9 @@ def import_module(target: str) -> Any:
     return importlib.import_module(target)
 
 
-def load_api(app: str, instance_file: str | None = None) -> Any:
+def load_api(app: str, instance_file: str | None = None, main_file: str | None = None) -> Any:
     target, name = split_spec(app)
-    module = import_module(target)
+    module = import_module(target, main_file if instance_file else None)
     if instance_file:
         with open(instance_file, "rb") as f:
             api = pickle.load(f)

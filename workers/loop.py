@@ -14,6 +14,10 @@ draining what is queued (zmqio.Reader), and again after anything that kept the l
   every client went away is cancelled.
 - Heartbeats (every second) and metrics (every FLUSH_INTERVAL) go to the supervisor from this
   loop's timers; the supervisor's Endpoints say which API processes to be connected to.
+- A LitAPI's `authorize` runs as each request arrives, as an asyncio task of this loop (FastAPI's
+  dependency solver awaits), before the request is queued; its `health()` is asked every
+  HEALTH_INTERVAL between batches, and each change of its answer goes to every API process
+  (WorkerHealth), which answer LitServe's /health with it.
 - SIGTERM drains: WorkerLeaving to every API process, keep answering, wait for each LeaveAck
   (LEAVE_ACK_TIMEOUT at most) and for the queue to empty, then return.
 """
@@ -21,6 +25,7 @@ draining what is queued (zmqio.Reader), and again after anything that kept the l
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import signal
@@ -30,6 +35,7 @@ from collections.abc import Coroutine
 from functools import partial
 from typing import Any
 
+import msgspec
 import zmq
 
 from ferryman import protocol as p
@@ -38,8 +44,10 @@ from ferryman.child import Child
 from ferryman.logs import kv
 from ferryman.metrics import FLUSH_INTERVAL
 from ferryman.options import ModelOptions
+from ferryman.workers import litserve_compat
 from ferryman.workers.batching import capacity_and_window, wait_for_more
 from ferryman.workers.engine import Engine, Task
+from ferryman.workers.hooks import Callbacks
 from ferryman.workers.links import EXIT_LINGER_MS, ApiLink
 from ferryman.workers.metrics import WorkerStats
 from ferryman.zmqio import Reader
@@ -62,6 +70,14 @@ STREAM_FIRST_PAUSE = 0.0002
 SYNC_BUDGET = 0.005
 # Bodies at least this long are sent without a copy (zero-copy has a fixed cost of its own).
 ZERO_COPY_MIN = 65536
+# How often a LitAPI's own health() is asked (LitServe asks it on each GET /health).
+HEALTH_INTERVAL = 1.0
+# The route each spec's requests come on, and the path authorize's request is given.
+SPEC_PATHS = {"chat": "/v1/chat/completions", "embeddings": "/v1/embeddings"}
+# A route that only asks authorize (LitServe guards its own GET routes, `/`, health and info,
+# with a single LitAPI's authorize): 200 with no body when it lets the request in, else its
+# refusal. The API process may send the route's path as a `:path` header.
+AUTHORIZE_ROUTE = "authorize"
 
 
 class Job:
@@ -85,27 +101,43 @@ class WorkerLoop:
         self.name = spec.name
         self.model = self.wspec.model.name
         self.stats = WorkerStats(child.metrics, self.model)
+        self.api = api
+        self.litserve = litserve
         self.engine = Engine(api, options, self, self.stats)
+        self.api_path = options.api_path or "/predict"
+        # LitServe's server-side pieces, run here: authorize, health, on_request / on_response.
+        self.authorizer = litserve_compat.authorizer(api) if litserve else None
+        self.health_fn = litserve_compat.health_check(api) if litserve else None
+        self.healthy = True
+        self._health_task: asyncio.Task[None] | None = None
+        self._health_timer: asyncio.TimerHandle | None = None
+        self.admitting = 0  # requests whose authorize runs
+        self._admissions: set[asyncio.Task[None]] = set()  # their tasks, kept from the gc
+        cbs = Callbacks.of(api)
+        self.on_request = cbs.request
+        self.on_response = cbs.response
+        lit_server = getattr(spec.server, "litserve", None)
+        self.track_requests = bool(getattr(lit_server, "track_requests", False))
         self.concurrent = self.engine.concurrent
         self.max_batch = self.engine.max_batch_size
         self.batch_timeout = options.batch_timeout
         self.capacity, self.window = capacity_and_window(
             self.max_batch, self.concurrent, ASYNC_CAPACITY
         )
-        self.ready_msg = p.encode(
-            p.WorkerReady(
-                worker=self.name,
-                model=self.model,
-                slot=spec.slot,
-                pid=os.getpid(),
-                device=self.wspec.physical_device,
-                cell=self.wspec.cell,
-                capacity=self.capacity,
-                window=self.window,
-                context=self.engine.context,
-                litserve=litserve,
-            )
+        self.ready = p.WorkerReady(
+            worker=self.name,
+            model=self.model,
+            slot=spec.slot,
+            pid=os.getpid(),
+            device=self.wspec.physical_device,
+            cell=self.wspec.cell,
+            capacity=self.capacity,
+            window=self.window,
+            # authorize reads the request's headers (the Content-Type comes with them)
+            context=self.engine.context or self.authorizer is not None,
+            litserve=litserve,
         )
+        self.ready_msg = p.encode(self.ready)
         self.leaving_msg = p.encode(p.WorkerLeaving())
         self.board = _open_board(spec.board) if self.max_batch > 1 else None
         self.links: dict[str, ApiLink] = {}
@@ -139,6 +171,8 @@ class WorkerLoop:
         try:
             loop.add_signal_handler(signal.SIGTERM, self.start_drain)
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+            if self.health_fn is not None:
+                await self._ask_health()  # what the first WorkerReady says
             self._set_apis(self.wspec.apis)
             self._control = Reader(loop, self.child.control, self._on_control)
             # The supervisor's Endpoints may have come while setup() ran: connect to what it
@@ -158,15 +192,28 @@ class WorkerLoop:
             self.started = True
             self._beat()
             self._flush()
+            if self.health_fn is not None:
+                self._health_timer = self._call_later(HEALTH_INTERVAL, self._health_tick)
             await self._done
         finally:
             self._shutdown()
         log.info("worker drained, exiting", extra=kv(served=self.served))
 
     def _shutdown(self) -> None:
-        for h in (self._batch_timer, self._beat_timer, self._flush_timer, self._drain_timer):
+        timers = (
+            self._batch_timer,
+            self._beat_timer,
+            self._flush_timer,
+            self._drain_timer,
+            self._health_timer,
+        )
+        for h in timers:
             if h is not None:
                 h.cancel()
+        if self._health_task is not None:
+            self._health_task.cancel()
+        for task in self._admissions:
+            task.cancel()
         if self._loop is not None:
             self._loop.remove_signal_handler(signal.SIGTERM)
         if self._control is not None:
@@ -203,7 +250,7 @@ class WorkerLoop:
         queued or running."""
         if not self.draining or self._done is None or self._done.done():
             return
-        if self.pending or self.running or self.current is not None:
+        if self.pending or self.running or self.admitting or self.current is not None:
             return
         acked = all(link.acked for link in self.links.values())
         if acked or time.monotonic() > self.drain_deadline:
@@ -232,6 +279,35 @@ class WorkerLoop:
         self.child.heartbeat(self.in_flight, self.served)
         if self._control is not None:
             self._control.kick()
+
+    # -- health (a LitAPI's own health()) ---------------------------------------------------------
+
+    def _health_tick(self) -> None:
+        if self._health_task is None or self._health_task.done():
+            assert self._loop is not None
+            self._health_task = self._loop.create_task(self._ask_health())
+        self._health_timer = self._call_later(HEALTH_INTERVAL, self._health_tick)
+
+    async def _ask_health(self) -> None:
+        """Ask health() (awaited if async); tell every API process when its answer changed. An
+        exception counts as unhealthy, as in LitServe."""
+        assert self.health_fn is not None
+        try:
+            verdict = self.health_fn()
+            if inspect.isawaitable(verdict):
+                verdict = await verdict
+            healthy = bool(verdict)
+        except Exception as e:
+            log.warning(f"health() raised {type(e).__name__}: {e}", extra=kv(stage="health"))
+            healthy = False
+        if healthy == self.healthy:
+            return
+        self.healthy = healthy
+        self.ready_msg = p.encode(msgspec.structs.replace(self.ready, healthy=healthy))
+        log.info("health() changed", extra=kv(healthy=healthy))
+        said = p.encode(p.WorkerHealth(healthy))
+        for link in self.links.values():
+            link.say(said)
 
     def _flush(self) -> None:
         try:
@@ -297,6 +373,9 @@ class WorkerLoop:
         try:
             if type(msg) is p.Work:
                 link.received += 1
+                content_type = msg.content_type
+                if self.litserve and not content_type and msg.headers:
+                    content_type = _content_type(msg.headers)
                 t = Task(
                     link,
                     msg.id,
@@ -306,9 +385,15 @@ class WorkerLoop:
                     frames[1],
                     time.monotonic(),
                     msg.query,
+                    content_type,
                 )
                 link.tasks[msg.id] = t
                 self.in_flight += 1
+                if self.authorizer is not None:
+                    self._admit(t)
+                    return
+                if self.on_request is not None:
+                    self._request_hook()
                 self.pending.append(t)
                 if not (self._armed or self._dispatching):
                     self._schedule()
@@ -319,6 +404,52 @@ class WorkerLoop:
                 self._check_drained()
         except Exception:
             log.exception("could not take a message", extra=kv(api=link.name))
+
+    def _admit(self, t: Task) -> None:
+        """Run authorize before the request is queued."""
+        assert self._loop is not None
+        self.admitting += 1
+        task = self._loop.create_task(self._authorize(t))
+        self._admissions.add(task)
+        task.add_done_callback(self._admissions.discard)
+
+    async def _authorize(self, t: Task) -> None:
+        assert self.authorizer is not None
+        try:
+            if t.route == AUTHORIZE_ROUTE:
+                method, path = "GET", _header(t.headers or [], b":path") or "/"
+            else:
+                method, path = "POST", SPEC_PATHS.get(t.route, self.api_path)
+            failure = await self.authorizer.check(
+                method, path, t.headers or [], t.query, t.body, t.request_id
+            )
+        except Exception as e:  # the solver itself failed: never leave the request hanging
+            log.exception("authorize could not run")
+            failure = self.engine.describe(t, e)
+        finally:
+            self.admitting -= 1
+        try:
+            if t.finished:  # its API process went away meanwhile
+                pass
+            elif t.cancelled:
+                self.engine.drop(t)
+            elif failure is not None:
+                self.engine.refuse(t, failure)
+            elif t.route == AUTHORIZE_ROUTE:
+                self.reply(t, 200, "", b"")  # let in: the API process answers it itself
+            else:
+                if self.on_request is not None:
+                    self._request_hook()
+                self.pending.append(t)
+                if not (self._armed or self._dispatching):
+                    self._schedule()
+        finally:
+            self._check_drained()
+
+    def _request_hook(self) -> None:
+        assert self.on_request is not None
+        # LitServe counts requests in flight only with track_requests; here, this worker's.
+        self.on_request(self.api, active_requests=self.in_flight if self.track_requests else None)
 
     def _on_cancel(self, link: ApiLink, id: int) -> None:
         t = link.tasks.get(id)
@@ -576,6 +707,7 @@ class WorkerLoop:
         if t.finished:
             return
         link = t.link
+        t.status = status
         if not more:
             self._settle(t)
         if link.open:
@@ -608,6 +740,23 @@ class WorkerLoop:
         t.link.tasks.pop(t.id, None)
         self.in_flight -= 1
         self.served += 1
+        # LitServe's on_response: a successful answer of the model's own route (not a spec's).
+        if self.on_response is not None and t.route == "predict" and 0 < t.status < 400:
+            self.on_response(self.api)
+
+
+def _content_type(headers: list[tuple[bytes, bytes]]) -> bytes:
+    for k, v in headers:
+        if k == b"content-type":
+            return v
+    return b""
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str:
+    for k, v in headers:
+        if k == name:
+            return v.decode("latin-1")
+    return ""
 
 
 def _open_board(path: str) -> Board | None:

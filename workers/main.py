@@ -40,6 +40,7 @@ def main() -> int:
 
     from ferryman import gc_policy
     from ferryman.logs import kv
+    from ferryman.workers import litserve_compat
     from ferryman.workers.hooks import Callbacks
     from ferryman.workers.litserve_compat import is_litapi
     from ferryman.workers.loader import load_api, prepare
@@ -57,11 +58,14 @@ def main() -> int:
         return FATAL_EXIT
 
     try:
-        api = load_api(model.app, model.instance_file)
+        api = load_api(model.app, model.instance_file, model.main_file)
         options = prepare(api, model.options, spec.worker.device)
+        callbacks = Callbacks.of(api)
     except BaseException as e:
         return fatal("import", e)
     try:
+        if callbacks.before_setup:
+            callbacks.before_setup(api)
         setup = getattr(api, "setup", None)
         if callable(setup):
             done: Any = setup(spec.worker.device)
@@ -71,7 +75,8 @@ def main() -> int:
         return fatal("setup", e)
     log.info("setup done", extra=kv(device=spec.worker.physical_device, api=type(api).__name__))
     try:
-        callbacks = Callbacks.of(api)
+        if callbacks.after_setup:
+            callbacks.after_setup(api)
         if callbacks.server_start:
             callbacks.server_start(api)
         worker = WorkerLoop(child, api, options, is_litapi(api))
@@ -88,6 +93,8 @@ def main() -> int:
         status = 1
     if callbacks.server_end:
         callbacks.server_end(api)
+    if is_litapi(api):
+        litserve_compat.close(api)  # its loggers process what was logged
     child.close()
     loop.close()
     return status

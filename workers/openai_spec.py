@@ -38,8 +38,8 @@ class OpenAICodec(Codec):
             encode if overrides(api, "encode_response", API) else None,
         )
 
-    def parse(self, body: bytes) -> Any:
-        request = super().parse(body)
+    def parse(self, body: bytes, content_type: bytes = b"") -> Any:
+        request = super().parse(body, content_type)
         if not isinstance(request, dict):
             raise RequestError(400, "invalid_request", "the request body must be a JSON object")
         messages = request.get("messages")
