@@ -218,6 +218,12 @@ def _devices(value: Any) -> Devices:
     return indices
 
 
+def _optional_pos_int(value: Any) -> int | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "auto", "")):
+        return None
+    return _pos_int(value)
+
+
 def _optional_str(value: Any) -> str | None:
     """A string (a key, a token), or none. A number or boolean in the config file is a mistake
     (`admin_token = true` must not make the token "True")."""
@@ -438,6 +444,15 @@ OPTS: tuple[Opt, ...] = (
     ),
     Opt("max_workers", MODEL, _max_workers, "upper bound for scaling workers [default: 64]", "N"),
     Opt(
+        "max_ongoing_requests",
+        MODEL,
+        _optional_pos_int,
+        "most requests a worker holds at once, running and waiting at it, counted over every API "
+        "process; more wait in the API processes [default: 16, or 2 x max_batch_size if more; "
+        "64 for an async API]",
+        "N",
+    ),
+    Opt(
         "max_requests",
         MODEL,
         _nonneg_int,
@@ -583,6 +598,7 @@ class ModelOptions(msgspec.Struct, kw_only=True):
     failed_retry: float = 300.0
     min_ready_workers: int = 1
     max_workers: int = 64
+    max_ongoing_requests: int | None = None  # None: a default that depends on the API
     max_requests: int = 0
     max_requests_jitter: int = 0
     worker_max_rss: int | None = None

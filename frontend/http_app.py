@@ -92,9 +92,6 @@ class HttpApp:
         # A LitServer's server (frontend/litserve_routes.py sets it): every error in LitServe's
         # {"detail": ...} shape, whichever model and route.
         self.litserver = False
-        self.body_timeout = spec.server.body_timeout
-        self.reading: dict[asyncio.Task[Any], float] = {}  # request -> when its body must be in
-        self.timed_out: set[asyncio.Task[Any]] = set()
         self.local: dict[str, Callable[[Scope], tuple[int, bytes]]] = {
             "/health": self._health,
             "/ready": self._ready,
@@ -369,45 +366,23 @@ class HttpApp:
                 if limit is not None and size > limit:
                     raise self._too_large(limit)
                 break
-        task = asyncio.current_task()
-        assert task is not None
-        self.reading[task] = time.monotonic() + self.body_timeout
+        # A body that stalls is answered 408 by the protocol (ferryman/httpguard.py), which then
+        # closes the connection: receive() here says http.disconnect.
         chunks: list[bytes] = []
         size = 0
-        try:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise Answer(499, "client_closed", "the client closed the connection")
-                chunk = message.get("body", b"")
-                if chunk:
-                    size += len(chunk)
-                    if limit is not None and size > limit:
-                        raise self._too_large(limit)
-                    chunks.append(chunk)
-                if not message.get("more_body", False):
-                    break
-        except asyncio.CancelledError:
-            if task in self.timed_out:
-                self.timed_out.discard(task)
-                raise Answer(
-                    408,
-                    "body_timeout",
-                    f"the request body did not arrive within {self.body_timeout:g} s",
-                ) from None
-            raise
-        finally:
-            self.reading.pop(task, None)
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise Answer(499, "client_closed", "the client closed the connection")
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if limit is not None and size > limit:
+                    raise self._too_large(limit)
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-    def check_reads(self) -> None:
-        """Called periodically: a body that stalls past body_timeout ends with 408."""
-        now = time.monotonic()
-        for task, deadline in list(self.reading.items()):
-            if deadline <= now:
-                del self.reading[task]
-                self.timed_out.add(task)
-                task.cancel()
 
     def _too_large(self, limit: int) -> Answer:
         return Answer(

@@ -155,7 +155,6 @@ async def serve(child: Any) -> int:
                     next_beat = now + HEARTBEAT_INTERVAL
                 child.flush_metrics()
                 control_reader.kick()
-                app.check_reads()
             except Exception as e:  # heartbeats and timeouts depend on this loop: keep it going
                 log.error(f"periodic work failed: {e!r}", exc_info=e)
             await asyncio.sleep(FLUSH_INTERVAL)

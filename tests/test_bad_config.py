@@ -32,6 +32,7 @@ APP = str(ROOT / "examples" / "doubler.py") + ":Doubler"
 # Bad values for each parser kind: (as a flag, as a TOML value). The TOML values are TOML source.
 BAD_FLAGS: dict[str, list[str]] = {
     "_pos_int": ["0", "-1", "1.5", "one", "", "1e3", "nan"],
+    "_optional_pos_int": ["0", "-1", "1.5", "many", "nan"],
     "_api_servers": ["0", "-1", "1.5", "two", "", "33", "100000"],
     "_max_workers": ["0", "-1", "1.5", "many", "", "513", "100000"],
     "_nonneg_int": ["-1", "1.5", "x", ""],
@@ -48,6 +49,7 @@ BAD_FLAGS: dict[str, list[str]] = {
 }
 BAD_TOML: dict[str, list[str]] = {
     "_pos_int": ["0", "-1", "1.5", "'one'", "true", "[1]", "inf", "nan", "{a = 1}"],
+    "_optional_pos_int": ["0", "-1", "1.5", "'many'", "true", "inf"],
     "_api_servers": ["0", "1.5", "'two'", "true", "33", "100000"],
     "_max_workers": ["0", "1.5", "'many'", "true", "513", "100000"],
     "_nonneg_int": ["-1", "1.5", "true", "'x'", "inf"],

@@ -92,8 +92,10 @@ def test_wait_for_more(pending: int, in_transit: int, waited: float, expected: f
 
 
 def test_capacity_and_window() -> None:
-    assert capacity_and_window(1, False, 64) == (1, 4)
+    assert capacity_and_window(1, False, 64) == (1, 16)
     assert capacity_and_window(16, False, 64) == (16, 32)
+    assert capacity_and_window(1, False, 64, limit=1) == (1, 1)  # strictly next-free-worker
+    assert capacity_and_window(8, True, 64, limit=10) == (10, 10)
     assert capacity_and_window(1, True, 64) == (64, 68)
     assert capacity_and_window(128, True, 64) == (128, 256)
 

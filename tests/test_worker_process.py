@@ -344,7 +344,7 @@ def test_plain_request_and_answer(harness: Harness) -> None:
     worker, api, ready = harness.serve(app("worker_apps:Echo"))
     assert (ready.worker, ready.model, ready.slot, ready.cell) == ("m.w0.1", MODEL, 0, 3)
     assert ready.pid == worker.proc.pid
-    assert (ready.capacity, ready.window, ready.context, ready.litserve) == (1, 4, False, False)
+    assert (ready.capacity, ready.window, ready.context, ready.litserve) == (1, 16, False, False)
     harness.sup.wait(p.Ready)
     a = api.answer(api.send({"input": 21}))
     assert (a.status, a.reply.content_type, a.reply.more) == (200, "application/json", False)

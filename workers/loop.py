@@ -122,7 +122,7 @@ class WorkerLoop:
         self.max_batch = self.engine.max_batch_size
         self.batch_timeout = options.batch_timeout
         self.capacity, self.window = capacity_and_window(
-            self.max_batch, self.concurrent, ASYNC_CAPACITY
+            self.max_batch, self.concurrent, ASYNC_CAPACITY, options.max_ongoing_requests
         )
         self.ready = p.WorkerReady(
             worker=self.name,
