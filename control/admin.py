@@ -24,11 +24,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ferryman.config import RESERVED_PATHS, check_app_file, model_from_request
 from ferryman.control.metrics import MetricsEndpoint
 from ferryman.control.openapi import OPENAPI
 from ferryman.control.status import model_status, slot_status, snapshot
 from ferryman.httpguard import guarded_protocol
-from ferryman.options import RESERVED_PATHS, OptionError, check_app_file, model_from_request
+from ferryman.options import OptionError
 from ferryman.supervisor import listen
 
 if TYPE_CHECKING:

@@ -13,15 +13,13 @@ import sys
 from typing import Any, NoReturn
 
 from ferryman._version import __version__
+from ferryman.config import build_config, check_app_file, parse_app_arg
 from ferryman.options import (
     MODEL_OPTS,
     OPTS,
     SERVER_OPTS,
     Config,
     OptionError,
-    build_config,
-    check_app_file,
-    parse_app_arg,
     parse_mapping,
     parse_value,
 )

@@ -46,14 +46,8 @@ except ImportError as e:  # pragma: no cover - depends on the environment
         f"ferryman.litserve needs LitServe, which is not installed ({e}): pip install litserve"
     ) from e
 
-from ferryman.options import (
-    MODEL_OPTS,
-    OPTS_BY_NAME,
-    SERVER_OPTS,
-    OptionError,
-    default_name,
-    parse_mapping,
-)
+from ferryman.config import default_name
+from ferryman.options import MODEL_OPTS, OPTS_BY_NAME, SERVER_OPTS, OptionError, parse_mapping
 from ferryman.server import (
     CLI_ARGS_ENV,
     _app_spec,

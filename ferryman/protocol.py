@@ -116,6 +116,10 @@ class ModelRoute(msgspec.Struct, kw_only=True):
     spec: str | None = None
     timeout: float | None = 30.0
     max_payload_size: int | None = None
+    # The model's workers the supervisor has seen ready: each connects to every API process. A
+    # request that finds none of them here yet (this process or they just started) waits for
+    # them rather than being refused.
+    workers: list[str] = []
     # For GET /info only.
     app: str = ""
     devices: list[str] = []

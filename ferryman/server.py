@@ -21,7 +21,8 @@ import types
 from collections.abc import Iterable
 from typing import Any
 
-from ferryman.options import MODEL_OPTS, OptionError, default_name, parse_mapping
+from ferryman.config import default_name
+from ferryman.options import MODEL_OPTS, OptionError, parse_mapping
 
 # Set by `ferryman serve FILE.py` before it runs the file: the flags given on its command line,
 # which beat what the file says (so that `--port` wins over a hard-coded `run(port=8000)`).

@@ -31,6 +31,9 @@ log = logging.getLogger("ferryman.api")
 
 SWEEP_INTERVAL = 0.05  # how late a timeout may fire
 QUEUE_POLL = 0.002  # while requests wait here, how often to look for a worker with room
+# How long a request waits for a worker the supervisor has seen ready but that has not reached
+# this API process yet (both just started), before it is refused with 503.
+JOIN_WAIT = 5.0
 
 
 class Unavailable(Exception):
@@ -40,6 +43,10 @@ class Unavailable(Exception):
         super().__init__(message)
         self.kind = kind
         self.message = message
+
+
+def _no_worker(model: str) -> Unavailable:
+    return Unavailable("no_worker", f"no worker of model {model!r} is ready")
 
 
 class Expired(Exception):
@@ -107,7 +114,7 @@ class Job:
 class Pool:
     """One model's workers, as this API process sees them, and its queue."""
 
-    __slots__ = ("litserve", "name", "pending", "ready", "timeout")
+    __slots__ = ("expected", "joined", "litserve", "name", "pending", "ready", "timeout")
 
     def __init__(self, name: str, timeout: float | None) -> None:
         self.name = name
@@ -115,6 +122,12 @@ class Pool:
         self.ready: list[Link] = []
         self.pending: deque[Job] = deque()
         self.litserve = False  # LitServe's conventions, as its workers say
+        self.expected: frozenset[str] = frozenset()  # ready workers, as the supervisor says
+        self.joined: set[str] = set()  # workers that reached us (and may have left since)
+
+    def awaited(self) -> bool:
+        """A worker the supervisor saw ready has not reached this API process yet."""
+        return not self.expected <= self.joined
 
 
 class Dispatcher:
@@ -152,9 +165,13 @@ class Dispatcher:
         for r in routes:
             pool = self.pools.get(r.name)
             if pool is None:
-                self.pools[r.name] = Pool(r.name, r.timeout)
+                pool = self.pools[r.name] = Pool(r.name, r.timeout)
             else:
                 pool.timeout = r.timeout
+            pool.expected = frozenset(r.workers)
+            pool.joined &= pool.expected | {link.name for link in pool.ready}
+            if not pool.ready and not pool.awaited():
+                self._fail_queue(pool, _no_worker(r.name))
         for name, pool in list(self.pools.items()):
             if name not in wanted:
                 self._fail_queue(pool, Unavailable("no_worker", f"model {name!r} was removed"))
@@ -171,9 +188,15 @@ class Dispatcher:
     ) -> Job:
         pool = self.pools.get(model)
         if pool is None or not pool.ready:
-            raise Unavailable("no_worker", f"no worker of model {model!r} is ready; retry shortly")
-        link = self._pick(pool)
-        room = sum(link.column) < link.window
+            if pool is None or not pool.awaited():
+                raise Unavailable(
+                    "no_worker", f"no worker of model {model!r} is ready; retry shortly"
+                )
+            link = None
+            room = False
+        else:
+            link = self._pick(pool)
+            room = sum(link.column) < link.window
         if not room and len(pool.pending) >= self.max_queue:
             raise Unavailable("overloaded", "the request queue is full; retry shortly")
         deadline = time.monotonic() + pool.timeout if pool.timeout else 0.0
@@ -181,7 +204,12 @@ class Dispatcher:
             next(self._ids), model, route, body, headers, query, deadline, self.loop.create_future()
         )
         self.jobs[job.id] = job
-        if room:
+        if link is None:
+            # Its workers are on their way here: wait for them, though not for long.
+            join_by = time.monotonic() + JOIN_WAIT
+            job.expires = min(deadline, join_by) if deadline else join_by
+            pool.pending.append(job)
+        elif room:
             self._send(link, job)
         else:
             pool.pending.append(job)
@@ -274,6 +302,11 @@ class Dispatcher:
         link = next((lk for lk in self.links.values() if lk.name == name), None)
         if link is not None:
             self._drop(link, reason)
+        for pool in self.pools.values():
+            if name in pool.expected:  # it will not reach us: stop waiting for it
+                pool.expected = pool.expected - {name}
+                if not pool.ready and not pool.awaited():
+                    self._fail_queue(pool, _no_worker(pool.name))
 
     # -- sockets -----------------------------------------------------------------------------------
 
@@ -282,6 +315,8 @@ class Dispatcher:
         if link.litserve:
             job.expires = 0.0  # LitServe's timeout counts only the wait before predict: the
             # worker answers 504 for one that waited too long; once it runs, it runs.
+        else:
+            job.expires = job.deadline  # it may have waited for a worker to join, on a shorter one
         link.in_flight[job.id] = job
         board = self.board
         board.outstanding[link.index] = len(link.in_flight)
@@ -312,9 +347,7 @@ class Dispatcher:
             else:
                 self.jobs.pop(job.id, None)
                 job.closed = True
-                self._fail(
-                    job, Unavailable("no_worker", f"no worker of model {job.model!r} is ready")
-                )
+                self._fail(job, _no_worker(job.model))
         # No kick() here: what arrives on this ROUTER (READY, LEAVING) is rare, and the sweeper
         # drains it every SWEEP_INTERVAL in case a send consumed the FD's edge.
 
@@ -336,6 +369,7 @@ class Dispatcher:
             if pool is None:  # a model we have not heard of yet (added a moment ago)
                 pool = self.pools[msg.model] = Pool(msg.model, None)
             pool.ready.append(link)
+            pool.joined.add(link.name)
             pool.litserve = msg.litserve
             self._ready_changed.set()
             self.on_change()
@@ -467,6 +501,10 @@ class Dispatcher:
         else:
             self._cancel_remote(job)
         pool = self.pools.get(job.model)
+        if job.link is None and (pool is None or not pool.ready):
+            # It waited for a worker to reach this API process, and none did.
+            self._fail(job, _no_worker(job.model))
+            return
         timeout = pool.timeout if pool is not None and pool.timeout else 0
         self._fail(job, Expired(f"no answer within the {timeout:g} s timeout"))
 
@@ -533,12 +571,10 @@ class Dispatcher:
                 )
         if pool is None:
             return
-        if not pool.ready:
-            self._fail_queue(
-                pool, Unavailable("no_worker", f"no worker of model {pool.name!r} is ready")
-            )
-        else:
+        if pool.ready:
             self._pump(pool)
+        elif not pool.awaited():
+            self._fail_queue(pool, _no_worker(pool.name))
 
     def describe_workers(self) -> list[dict[str, Any]]:
         return [

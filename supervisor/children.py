@@ -124,7 +124,10 @@ class Children(Messages):
                 child.stop = why
             return
         child.stop = why
+        was_ready = child.state == ChildState.READY
         child.state = ChildState.DRAINING
+        if was_ready and child.role == Role.WORKER and not self.stopping:
+            self._broadcast_routes()  # API processes it never reached stop waiting for it
         # The child spends graceful_timeout finishing its requests (and answers those it could not
         # finish): a moment more to say so and exit before SIGKILL.
         child.kill_at = time.monotonic() + self.server.graceful_timeout + KILL_MARGIN

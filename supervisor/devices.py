@@ -7,7 +7,8 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from ferryman.options import Devices, OptionError
+from ferryman.options import OptionError
+from ferryman.values import Devices
 
 
 @dataclass(frozen=True)

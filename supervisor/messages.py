@@ -74,6 +74,8 @@ class Messages(Readiness):
             slot.failed = False
             slot.not_before = 0.0
             pool.error = None
+        if child.role == Role.WORKER:
+            self._broadcast_routes()  # API processes it has not reached yet hold its requests
         log.info(
             f"{child.role} {child.slot} ready",
             extra=kv(
@@ -122,6 +124,10 @@ class Messages(Readiness):
 
     def routes(self) -> list[p.ModelRoute]:
         out = []
+        ready: dict[str, list[str]] = {}
+        for c in self.registry.role(Role.WORKER):
+            if c.state == ChildState.READY:
+                ready.setdefault(c.pool, []).append(c.name)
         for pool in self.models.values():
             if pool.removing or pool.model is None:
                 continue
@@ -133,6 +139,7 @@ class Messages(Readiness):
                     spec=o.spec,
                     timeout=o.timeout,
                     max_payload_size=o.max_payload_size,
+                    workers=ready.get(pool.name, []),
                     app=pool.model.app,
                     devices=[d.name for d in pool.devices],
                     options=msgspec.structs.asdict(o),

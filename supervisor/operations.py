@@ -14,18 +14,9 @@ import time
 import msgspec
 
 from ferryman import protocol as p
+from ferryman.config import build_config, model_defaults, resolve_paths
 from ferryman.logs import kv
-from ferryman.options import (
-    OPTS,
-    SERVER,
-    Config,
-    ModelOptions,
-    ModelSpec,
-    OptionError,
-    build_config,
-    model_defaults,
-    resolve_paths,
-)
+from ferryman.options import OPTS, SERVER, Config, ModelOptions, ModelSpec, OptionError
 from ferryman.supervisor import devices as devmod
 from ferryman.supervisor.children import Children
 from ferryman.supervisor.policy import RestartPolicy

@@ -51,7 +51,3 @@ class RestartPolicy:
         history.consecutive += 1
         delay = min(self.cap, self.base * 2 ** (history.consecutive - 1))
         return delay * random.uniform(0.8, 1.2)
-
-    def forget(self, history: StartHistory) -> None:
-        """A child of the slot became ready and stayed: start afresh."""
-        history.consecutive = 0

@@ -19,13 +19,9 @@ from typing import Any
 import zmq
 
 from ferryman.board import CELLS, ROWS, Allocator, Board
+from ferryman.config import model_defaults
 from ferryman.logs import kv
-from ferryman.options import (
-    Config,
-    OptionError,
-    ServerOptions,
-    model_defaults,
-)
+from ferryman.options import Config, OptionError, ServerOptions
 from ferryman.supervisor import listen
 from ferryman.supervisor.metric_store import MetricStore
 from ferryman.supervisor.policy import RestartPolicy

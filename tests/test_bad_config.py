@@ -25,47 +25,48 @@ import pytest
 from conftest import APPS, ROOT, free_port
 
 from ferryman import cli
-from ferryman.options import MAX_API_SERVERS, MAX_WORKERS, OPTS, Opt, parse_value
+from ferryman.options import OPTS, Opt, parse_value
+from ferryman.values import MAX_API_SERVERS, MAX_WORKERS
 
 APP = str(ROOT / "examples" / "doubler.py") + ":Doubler"
 
 # Bad values for each parser kind: (as a flag, as a TOML value). The TOML values are TOML source.
 BAD_FLAGS: dict[str, list[str]] = {
-    "_pos_int": ["0", "-1", "1.5", "one", "", "1e3", "nan"],
-    "_optional_pos_int": ["0", "-1", "1.5", "many", "nan"],
-    "_api_servers": ["0", "-1", "1.5", "two", "", "33", "100000"],
-    "_max_workers": ["0", "-1", "1.5", "many", "", "513", "100000"],
-    "_nonneg_int": ["-1", "1.5", "x", ""],
-    "_port": ["-1", "65536", "http", "1.5", ""],
-    "_nonneg_float": ["-1", "-0.5", "inf", "nan", "-inf", "soon", ""],
-    "_pos_float": ["0", "-1", "inf", "nan", "1e999", "soon", ""],
-    "_timeout": ["-2", "inf", "nan", "1e999", "forever", "true"],
-    "_bytes_size": ["0", "-1", "0.5", "10Q", "lots", "inf", "nan"],
-    "parse": ["GPU", "", "information"],  # the _choice parsers
-    "_devices": ["0", "-1", "a,b", "0,0", "1.5", "[]", "auto,0", ""],
-    "_path": ["predict", "/a b", "/a?b=1", "/a#frag", ""],
-    "_spec": ["anthropic", "1"],
-    "_host": ["", "bad host", "999.1.1.1", "-leading-dash"],
+    "pos_int": ["0", "-1", "1.5", "one", "", "1e3", "nan"],
+    "optional_pos_int": ["0", "-1", "1.5", "many", "nan"],
+    "api_servers": ["0", "-1", "1.5", "two", "", "33", "100000"],
+    "max_workers": ["0", "-1", "1.5", "many", "", "513", "100000"],
+    "nonneg_int": ["-1", "1.5", "x", ""],
+    "port": ["-1", "65536", "http", "1.5", ""],
+    "nonneg_float": ["-1", "-0.5", "inf", "nan", "-inf", "soon", ""],
+    "pos_float": ["0", "-1", "inf", "nan", "1e999", "soon", ""],
+    "timeout": ["-2", "inf", "nan", "1e999", "forever", "true"],
+    "bytes_size": ["0", "-1", "0.5", "10Q", "lots", "inf", "nan"],
+    "parse": ["GPU", "", "information"],  # the choice() parsers
+    "devices": ["0", "-1", "a,b", "0,0", "1.5", "[]", "auto,0", ""],
+    "path": ["predict", "/a b", "/a?b=1", "/a#frag", ""],
+    "spec": ["anthropic", "1"],
+    "host": ["", "bad host", "999.1.1.1", "-leading-dash"],
 }
 BAD_TOML: dict[str, list[str]] = {
-    "_pos_int": ["0", "-1", "1.5", "'one'", "true", "[1]", "inf", "nan", "{a = 1}"],
-    "_optional_pos_int": ["0", "-1", "1.5", "'many'", "true", "inf"],
-    "_api_servers": ["0", "1.5", "'two'", "true", "33", "100000"],
-    "_max_workers": ["0", "1.5", "'many'", "true", "513", "100000"],
-    "_nonneg_int": ["-1", "1.5", "true", "'x'", "inf"],
-    "_port": ["-1", "65536", "8000.5", "true", "'http'", "inf"],
-    "_nonneg_float": ["-1", "inf", "nan", "-inf", "true", "'soon'", "[1]"],
-    "_pos_float": ["0", "-1.5", "inf", "nan", "true", "'soon'"],
-    "_timeout": ["-2", "inf", "nan", "true", "'forever'", "[30]"],
-    "_bytes_size": ["0", "-1", "1.5", "inf", "nan", "true", "'lots'"],
+    "pos_int": ["0", "-1", "1.5", "'one'", "true", "[1]", "inf", "nan", "{a = 1}"],
+    "optional_pos_int": ["0", "-1", "1.5", "'many'", "true", "inf"],
+    "api_servers": ["0", "1.5", "'two'", "true", "33", "100000"],
+    "max_workers": ["0", "1.5", "'many'", "true", "513", "100000"],
+    "nonneg_int": ["-1", "1.5", "true", "'x'", "inf"],
+    "port": ["-1", "65536", "8000.5", "true", "'http'", "inf"],
+    "nonneg_float": ["-1", "inf", "nan", "-inf", "true", "'soon'", "[1]"],
+    "pos_float": ["0", "-1.5", "inf", "nan", "true", "'soon'"],
+    "timeout": ["-2", "inf", "nan", "true", "'forever'", "[30]"],
+    "bytes_size": ["0", "-1", "1.5", "inf", "nan", "true", "'lots'"],
     "parse": ["1", "true", "['cpu']", "'GPU'"],
-    "_devices": ["0", "-1", "[]", "[0, 0]", "[-1]", "[1.5]", "[true]", "true", "'x'"],
-    "_path": ["5", "true", "'predict'", "'/a b'"],
-    "_spec": ["5", "true", "'anthropic'"],
-    "_bool": ["'maybe'", "2", "[true]", "{}"],
-    "_host": ["5", "true", "[]", "''", "'bad host'"],
-    "_optional_str": ["5", "true", "[]", "{}"],
-    "_optional_path": ["5", "true", "[]", "{}"],
+    "devices": ["0", "-1", "[]", "[0, 0]", "[-1]", "[1.5]", "[true]", "true", "'x'"],
+    "path": ["5", "true", "'predict'", "'/a b'"],
+    "spec": ["5", "true", "'anthropic'"],
+    "boolean": ["'maybe'", "2", "[true]", "{}"],
+    "host": ["5", "true", "[]", "''", "'bad host'"],
+    "optional_str": ["5", "true", "[]", "{}"],
+    "optional_path": ["5", "true", "[]", "{}"],
 }
 
 
@@ -98,9 +99,7 @@ def test_every_option_has_bad_values() -> None:
         assert kind(opt) in BAD_TOML, f"{opt.name}: no bad values for parser {kind(opt)}"
         # Any string is a key, a token or a path name: only the file can give a wrong type.
         assert (
-            opt.is_flag
-            or kind(opt) in BAD_FLAGS
-            or kind(opt) in ("_optional_str", "_optional_path")
+            opt.is_flag or kind(opt) in BAD_FLAGS or kind(opt) in ("optional_str", "optional_path")
         )
 
 

@@ -206,7 +206,8 @@ def api_routes() -> set[str]:
 def config_of(argv: list[str]) -> Any:
     """`ferryman serve ARGV` as the CLI builds it: a Config with .server and .models."""
     from ferryman.cli import build_parser
-    from ferryman.options import OPTS_BY_NAME, build_config
+    from ferryman.config import build_config
+    from ferryman.options import OPTS_BY_NAME
 
     args = vars(build_parser().parse_args(["serve", *argv]))
     apps = args.get("apps") or ([args["app"]] if args.get("app") else [])
@@ -216,7 +217,7 @@ def config_of(argv: list[str]) -> Any:
 
 
 def config_file(name: str) -> Any:
-    from ferryman.options import build_config
+    from ferryman.config import build_config
 
     return build_config(str(SYSTEMD / name), {})
 

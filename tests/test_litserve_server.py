@@ -28,7 +28,8 @@ from litserve_harness import started, wait_ready
 
 import ferryman.litserve as fls
 from ferryman.cli import _flags_only
-from ferryman.options import LitServerOptions, build_config
+from ferryman.config import build_config
+from ferryman.options import LitServerOptions
 
 LITSERVE_APPS = ROOT / "tests" / "litserve" / "apps"
 

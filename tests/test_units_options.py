@@ -6,15 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ferryman.options import (
-    ModelOptions,
-    OptionError,
-    build_config,
-    check_app_file,
-    model_from_request,
-    parse_app_arg,
-    parse_value,
-)
+from ferryman.config import build_config, check_app_file, model_from_request, parse_app_arg
+from ferryman.options import ModelOptions, OptionError, parse_value
 
 
 @pytest.mark.parametrize(
