@@ -39,6 +39,7 @@ from benchmarks import (  # noqa: E402
 from benchmarks.peers import launch, torchserve  # noqa: E402
 from benchmarks.peers.launch import metric_sum  # noqa: E402
 from benchmarks.suite import GROUPS, median_dict, percentile, runs_in  # noqa: E402
+from benchmarks.zmq_floor import measure as zmq_floor  # noqa: E402
 
 WRK_OUTPUT = """\
 Running 10s test @ http://127.0.0.1:40001/predict
@@ -134,6 +135,11 @@ def test_proc_tree_walk_finds_real_grandchildren() -> None:
         proctree.kill_all(reversed(proctree.tree(p.pid)))
         p.wait(timeout=5)
     assert proctree.wait_gone(family, timeout=5)
+
+
+def test_zmq_floor_times_each_round_trip_to_another_process() -> None:
+    trips = zmq_floor(50)
+    assert len(trips) == 50 and all(t > 0 for t in trips)
 
 
 def test_metric_sum_adds_every_label_set() -> None:
