@@ -134,16 +134,22 @@ class Operations(Children):
                 return Outcome("failed", failures)
             if settled:
                 return Outcome("done")
-            if self.stopping:
-                return Outcome("failed", ["the server is stopping"])
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return Outcome("timeout")
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._changed.wait(), 0.5 if left is None else min(left, 0.5)
-                )
+            end = await self._next_change(deadline)
+            if end is not None:
+                return end
+
+    async def _next_change(self, deadline: float | None) -> Outcome | None:
+        """Wait for the state to change (half a second at most); an Outcome when the wait is over
+        (the server stops, the deadline passed)."""
+        if self.stopping:
+            return Outcome("failed", ["the server is stopping"])
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return Outcome("timeout")
+        self._changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), 0.5 if left is None else min(left, 0.5))
+        return None
 
     async def wait_model_ready(self, name: str, timeout: float | None) -> Outcome:
         """Until the model has its ready workers, or cannot start (or `timeout` seconds)."""
@@ -156,16 +162,9 @@ class Operations(Children):
                 return Outcome("done")
             if pool.error is not None:
                 return Outcome("failed", [f"model {name}: {pool.error}"])
-            if self.stopping:
-                return Outcome("failed", ["the server is stopping"])
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return Outcome("timeout")
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._changed.wait(), 0.5 if left is None else min(left, 0.5)
-                )
+            end = await self._next_change(deadline)
+            if end is not None:
+                return end
 
     def model_pool(self, name: str) -> Pool:
         pool = self.models.get(name)

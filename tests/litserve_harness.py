@@ -9,8 +9,8 @@ server), content type and body, ignoring what the recording marks volatile (ids,
 timings). Differences ferryman documents are in `DIFFERENCES` (the README's table says why):
 there the step is held to ferryman's documented answer instead.
 
-The request and answer shaping below is record.py's (which cannot be imported here: it installs
-signal handlers), so that both sides are written down the same way.
+Answers are written down by litserve_shapes.py, as record.py writes LitServe's, so that both
+sides compare.
 
     python tests/litserve_harness.py simple_server info_paths   # print what differs
     python tests/litserve_harness.py --all                        # every recorded case
@@ -18,17 +18,13 @@ signal handlers), so that both sides are written down the same way.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import gzip
-import hashlib
 import http.client
 import json
 import os
 import re
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -39,6 +35,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from litserve_shapes import read_until, shape_response, summarize_embeddings
+from ports import free_port
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -224,12 +223,6 @@ def documented(case_id: str, step: dict[str, Any]) -> Difference | None:
 # -- the server -------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Served:
     proc: subprocess.Popen[bytes]
@@ -360,51 +353,6 @@ def _wire(req: dict[str, Any]) -> tuple[bytes | None, dict[str, str]]:
     return body, headers
 
 
-def _parse_json(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def _shrink(obj: Any, limit: int = 2000) -> Any:
-    if isinstance(obj, str) and len(obj) > limit:
-        digest = hashlib.sha256(obj.encode()).hexdigest()
-        return {"long_string": True, "length": len(obj), "sha256": digest, "head": obj[:60]}
-    if isinstance(obj, dict):
-        return {k: _shrink(v, limit) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_shrink(v, limit) for v in obj]
-    return obj
-
-
-def _body(raw: bytes, content_type: str, stream: bool) -> dict[str, Any]:
-    text = raw.decode("utf-8", errors="replace")
-    out: dict[str, Any] = {}
-    if "text/event-stream" in content_type:
-        events = []
-        for block in text.split("\n\n"):
-            if not block.strip():
-                continue
-            data = "\n".join(
-                line[len("data: ") :] if line.startswith("data: ") else line
-                for line in block.split("\n")
-            )
-            events.append(_parse_json(data))
-        out["events"] = events
-    elif stream:
-        out["lines"] = [_parse_json(line) for line in text.split("\n") if line != ""]
-    elif content_type.startswith("application/json"):
-        out["body"] = _parse_json(text)
-    else:
-        out["body"] = text
-    for key in ("body", "lines", "events"):
-        if key in out:
-            out[key] = _shrink(out[key])
-    out["text"] = _shrink(text, limit=20000)
-    return out
-
-
 def do_http(port: int, req: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
     body, headers = _wire(req)
     started_at = time.monotonic()
@@ -412,51 +360,14 @@ def do_http(port: int, req: dict[str, Any], timeout: float = 30.0) -> dict[str, 
     try:
         conn.request(req["method"], req["path"], body=body, headers=headers)
         resp = conn.getresponse()
-        chunks = []
-        cut = False
-        while True:
-            remaining = started_at + timeout - time.monotonic()
-            if remaining <= 0:
-                cut = True
-                break
-            if conn.sock is not None:
-                conn.sock.settimeout(remaining)
-            try:
-                data = resp.read1(65536)
-            except TimeoutError:
-                cut = True
-                break
-            if not data:
-                break
-            chunks.append(data)
-        raw = b"".join(chunks)
+        raw, cut = read_until(conn, resp, started_at + timeout)
     except TimeoutError:
         return {"error": f"no answer within {timeout:g} s"}
     except (OSError, http.client.HTTPException) as e:
         return {"error": type(e).__name__}
     finally:
         conn.close()
-    hdrs: dict[str, str] = {}
-    for name, value in resp.getheaders():
-        key = name.lower()
-        if key in ("date", "server"):
-            continue
-        hdrs[key] = f"{hdrs[key]}, {value}" if key in hdrs else value
-    wire_length = len(raw)
-    if hdrs.get("content-encoding") == "gzip":
-        raw = gzip.decompress(raw)
-    response: dict[str, Any] = {
-        "status": resp.status,
-        "reason": resp.reason,
-        "content_type": hdrs.get("content-type"),
-        "headers": hdrs,
-    }
-    if hdrs.get("content-encoding"):
-        response["wire_length"] = wire_length
-    if cut:
-        response["cut"] = f"still open after {timeout:g} s: what came until then"
-    response.update(_body(raw, hdrs.get("content-type", ""), bool(req.get("stream"))))
-    return response
+    return shape_response(resp, raw, cut, bool(req.get("stream")), timeout)
 
 
 def do_openai(port: int, call: dict[str, Any]) -> dict[str, Any]:
@@ -491,35 +402,6 @@ def do_openai(port: int, call: dict[str, Any]) -> dict[str, Any]:
     except Exception as e:
         out["raised"] = {"exception": type(e).__name__, "message": str(e)}
     return out
-
-
-def summarize_embeddings(obj: Any) -> Any:
-    """record.py's: random embedding vectors become their length, and what depends on them
-    (text, content-length, wire length) is left out."""
-    if isinstance(obj, dict):
-        out = {}
-        text = obj.get("text")
-        flat = text if isinstance(text, str) else json.dumps(text)
-        random_text = re.search(r'\\?"embedding\\?":\s*\\?[\["]', flat) is not None
-        omitted = {"omitted": "depends on random embedding values"}
-        for k, v in obj.items():
-            if random_text and k in ("text", "wire_length"):
-                out[k] = omitted
-            elif k == "headers" and random_text and isinstance(v, dict) and "content-length" in v:
-                out[k] = {**v, "content-length": omitted}
-            elif k == "embedding" and isinstance(v, list):
-                out[k] = {"summary": "list of numbers", "length": len(v)}
-            elif k == "embedding" and isinstance(v, dict) and v.get("long_string"):
-                out[k] = {"summary": "base64 string", "length": v["length"]}
-            elif k == "embedding" and isinstance(v, str):
-                n = len(base64.b64decode(v)) // struct.calcsize("<f")
-                out[k] = {"summary": "base64 little-endian float32", "floats": n}
-            else:
-                out[k] = summarize_embeddings(v)
-        return out
-    if isinstance(obj, list):
-        return [summarize_embeddings(v) for v in obj]
-    return obj
 
 
 def _port_free(text: Any, port: int) -> Any:

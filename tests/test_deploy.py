@@ -23,7 +23,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -38,6 +37,7 @@ from typing import Any
 
 import pytest
 import yaml
+from ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -824,12 +824,6 @@ def test_dashboard_queries_parse(tmp_path: Path) -> None:
 
 
 # -- a live server: its scrape, its routes, the image's health check -------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http(method: str, url: str, body: bytes | None = None) -> tuple[int, bytes]:

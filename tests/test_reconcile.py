@@ -102,8 +102,10 @@ def test_no_ready_after_stopping_when_a_stop_cuts_a_reload(serve, tmp_path):
 
 
 def test_a_child_too_slow_to_start_is_killed_and_says_why(serve):
+    # A second model that starts keeps the server up once the slow one has failed (with no
+    # model able to start, ferryman exits 3).
     s = serve(
-        app("slow_setup:SlowSetup"),
+        [app("slow_setup:SlowSetup"), "echo=" + app("echo:Echo")],
         "--startup-timeout",
         "1",
         "--max-restarts",
@@ -116,8 +118,8 @@ def test_a_child_too_slow_to_start_is_killed_and_says_why(serve):
 
     def failed():
         try:
-            w = s.status()["workers"][0]
-        except (httpx.HTTPError, KeyError, IndexError):
+            w = next(w for w in s.status()["workers"] if w["model"] == "slowsetup")
+        except (httpx.HTTPError, KeyError, StopIteration):
             return None
         return w if w["state"] == "failed" else None
 

@@ -22,8 +22,6 @@ import argparse
 import atexit
 import base64
 import contextlib
-import gzip
-import hashlib
 import http.client
 import json
 import os
@@ -31,7 +29,6 @@ import platform
 import re
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -44,6 +41,10 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+# Answers are shaped by the module the replay (tests/litserve_harness.py) uses too.
+sys.path.insert(0, str(HERE.parent))
+from litserve_shapes import read_until, shape_response, summarize_embeddings  # noqa: E402
+
 APPS = HERE / "apps"
 EXPECTED = HERE / "expected.json"
 LITSERVE_REPO_COMMIT = "1311d5b4aeaff2943f38a22cfb911c8bae2590bc"
@@ -289,72 +290,6 @@ def _wire(req: Http) -> tuple[bytes | None, dict[str, str], dict[str, Any]]:
     return body, headers, record
 
 
-def _parse_json(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def _shrink(obj: Any, limit: int = 2000) -> Any:
-    """Strings longer than limit become their length, sha256 and first characters."""
-    if isinstance(obj, str) and len(obj) > limit:
-        digest = hashlib.sha256(obj.encode()).hexdigest()
-        return {"long_string": True, "length": len(obj), "sha256": digest, "head": obj[:60]}
-    if isinstance(obj, dict):
-        return {k: _shrink(v, limit) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_shrink(v, limit) for v in obj]
-    return obj
-
-
-def _body(raw: bytes, content_type: str, stream: bool) -> dict[str, Any]:
-    text = raw.decode("utf-8", errors="replace")
-    out: dict[str, Any] = {}
-    if "text/event-stream" in content_type:
-        events = []
-        for block in text.split("\n\n"):
-            if not block.strip():
-                continue
-            data = "\n".join(
-                line[len("data: ") :] if line.startswith("data: ") else line
-                for line in block.split("\n")
-            )
-            events.append(_parse_json(data))
-        out["events"] = events
-    elif stream:
-        out["lines"] = [_parse_json(line) for line in text.split("\n") if line != ""]
-    elif content_type.startswith("application/json"):
-        out["body"] = _parse_json(text)
-    else:
-        out["body"] = text
-    for key in ("body", "lines", "events"):
-        if key in out:
-            out[key] = _shrink(out[key])
-    out["text"] = _shrink(text, limit=20000)
-    return out
-
-
-def _read_until(
-    conn: http.client.HTTPConnection, resp: http.client.HTTPResponse, deadline: float
-) -> tuple[bytes, bool]:
-    """The body, read until it ends or the deadline passes (a stream may never end)."""
-    chunks = []
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return b"".join(chunks), True
-        if conn.sock is not None:
-            conn.sock.settimeout(remaining)
-        try:
-            data = resp.read1(65536)
-        except TimeoutError:
-            return b"".join(chunks), True
-        if not data:
-            return b"".join(chunks), False
-        chunks.append(data)
-
-
 def do_http(port: int, req: Http) -> dict[str, Any]:
     body, headers, record = _wire(req)
     started_at = time.monotonic()
@@ -362,7 +297,7 @@ def do_http(port: int, req: Http) -> dict[str, Any]:
     try:
         conn.request(req.method, req.path, body=body, headers=headers)
         resp = conn.getresponse()
-        raw, cut = _read_until(conn, resp, started_at + req.timeout)
+        raw, cut = read_until(conn, resp, started_at + req.timeout)
     except TimeoutError:
         response: dict[str, Any] = {"error": f"no answer within {req.timeout} s"}
     except OSError as e:
@@ -370,26 +305,7 @@ def do_http(port: int, req: Http) -> dict[str, Any]:
     except http.client.HTTPException as e:
         response = {"error": type(e).__name__}
     else:
-        hdrs: dict[str, str] = {}
-        for name, value in resp.getheaders():
-            key = name.lower()
-            if key in ("date", "server"):
-                continue
-            hdrs[key] = f"{hdrs[key]}, {value}" if key in hdrs else value
-        wire_length = len(raw)
-        if hdrs.get("content-encoding") == "gzip":
-            raw = gzip.decompress(raw)
-        response = {
-            "status": resp.status,
-            "reason": resp.reason,
-            "content_type": hdrs.get("content-type"),
-            "headers": hdrs,
-        }
-        if hdrs.get("content-encoding"):
-            response["wire_length"] = wire_length
-        if cut:
-            response["cut"] = f"still open after {req.timeout} s: what came until then"
-        response.update(_body(raw, hdrs.get("content-type", ""), req.stream))
+        response = shape_response(resp, raw, cut, req.stream, req.timeout)
     finally:
         conn.close()
     out = {"request": record, "response": response}
@@ -531,38 +447,6 @@ def final_exception(log: str) -> str | None:
             break
         tail.append(line)
     return re.sub(r" at 0x[0-9a-f]+", " at 0x...", "\n".join(tail).rstrip())
-
-
-def summarize_embeddings(obj: Any) -> Any:
-    """Random embedding vectors become their length (and, for base64, the float count).
-
-    A response that holds them also loses its exact text, content-length and wire length, which
-    depend on the random values.
-    """
-    if isinstance(obj, dict):
-        out = {}
-        text = obj.get("text")
-        flat = text if isinstance(text, str) else json.dumps(text)
-        random_text = re.search(r'\\?"embedding\\?":\s*\\?[\["]', flat) is not None
-        omitted = {"omitted": "depends on random embedding values"}
-        for k, v in obj.items():
-            if random_text and k in ("text", "wire_length"):
-                out[k] = omitted
-            elif k == "headers" and random_text and isinstance(v, dict) and "content-length" in v:
-                out[k] = {**v, "content-length": omitted}
-            elif k == "embedding" and isinstance(v, list):
-                out[k] = {"summary": "list of numbers", "length": len(v)}
-            elif k == "embedding" and isinstance(v, dict) and v.get("long_string"):
-                out[k] = {"summary": "base64 string", "length": v["length"]}
-            elif k == "embedding" and isinstance(v, str):
-                n = len(base64.b64decode(v)) // struct.calcsize("<f")
-                out[k] = {"summary": "base64 little-endian float32", "floats": n}
-            else:
-                out[k] = summarize_embeddings(v)
-        return out
-    if isinstance(obj, list):
-        return [summarize_embeddings(v) for v in obj]
-    return obj
 
 
 # --------------------------------------------------------------------------- cases
