@@ -38,6 +38,7 @@ from typing import Any
 
 from litserve_shapes import read_until, shape_response, summarize_embeddings
 from ports import free_port
+from processes import group_members
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -235,28 +236,13 @@ class Served:
         return self.log_path.read_text(errors="replace")
 
 
-def _group_members(pgid: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            pids.append(int(entry))
-    return pids
-
-
 def _kill_group(pgid: int) -> None:
     """SIGKILL the server's whole process group (the supervisor and its children), and wait
     until /proc shows none of them."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _group_members(pgid):
+    while time.monotonic() < deadline and group_members(pgid):
         time.sleep(0.05)
 
 
@@ -611,6 +597,14 @@ def replay(
 
 def main(argv: list[str]) -> int:
     ids = list(CASES) if argv[:1] == ["--all"] else argv
+    unknown = [i for i in ids if i not in CASES]
+    if not ids or unknown:
+        print(__doc__.rsplit("\n\n", 1)[-1].rstrip(), file=sys.stderr)
+        if unknown:
+            print(
+                f"unknown case: {', '.join(unknown)} (the ids are in {EXPECTED})", file=sys.stderr
+            )
+        return 2
     failed = 0
     for case_id in ids:
         t0 = time.monotonic()

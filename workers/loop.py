@@ -151,6 +151,7 @@ class WorkerLoop:
         self.draining = False
         self.drain_deadline = 0.0
         self.last_beat = 0.0
+        self.said_busy = False  # the last heartbeat counted requests in flight
         self._armed = False  # a _dispatch is scheduled
         self._dispatching = False  # _dispatch runs: no need to schedule another
         self._stale = False  # the loop was busy: sockets may hold unread requests
@@ -276,6 +277,7 @@ class WorkerLoop:
 
     def _heartbeat(self) -> None:
         self.last_beat = time.monotonic()
+        self.said_busy = self.in_flight > 0
         self.child.heartbeat(self.in_flight, self.served)
         if self._control is not None:
             self._control.kick()
@@ -609,7 +611,11 @@ class WorkerLoop:
     def _start(self, batch: list[Task]) -> None:
         self.running += len(batch)
         if not self.concurrent:
-            if time.monotonic() - self.last_beat > BEAT_BEFORE_BATCH:
+            # A beat before the batch keeps the supervisor's view fresh while predict blocks the
+            # loop: always when its last word was "idle" (else a long predict would show 0 in
+            # flight throughout), else at most every BEAT_BEFORE_BATCH. At most one more beat
+            # per heartbeat interval than the timer's.
+            if not self.said_busy or time.monotonic() - self.last_beat > BEAT_BEFORE_BATCH:
                 self._heartbeat()
             self._stale = True
             if batch[0].route in self.engine.now_routes:

@@ -44,6 +44,7 @@ HERE = Path(__file__).resolve().parent
 # Answers are shaped by the module the replay (tests/litserve_harness.py) uses too.
 sys.path.insert(0, str(HERE.parent))
 from litserve_shapes import read_until, shape_response, summarize_embeddings  # noqa: E402
+from processes import group_members  # noqa: E402
 
 APPS = HERE / "apps"
 EXPECTED = HERE / "expected.json"
@@ -64,30 +65,14 @@ def _kill_group(pgid: int, grace: float = 5.0) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _group_members(pgid):
+    while time.monotonic() < deadline and group_members(pgid):
         time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _group_members(pgid):
+    while time.monotonic() < deadline and group_members(pgid):
         time.sleep(0.1)
     _LIVE_GROUPS.discard(pgid)
-
-
-def _group_members(pgid: int) -> list[int]:
-    """Pids (not zombies) whose process group is pgid, read from /proc."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            pids.append(int(entry))
-    return pids
 
 
 def _kill_all() -> None:
