@@ -371,6 +371,8 @@ class Dispatcher:
             pool.ready.append(link)
             pool.joined.add(link.name)
             pool.litserve = msg.litserve
+            for job in pool.pending:  # those that waited for a worker to join: the wait is over
+                job.expires = job.deadline
             self._ready_changed.set()
             self.on_change()
             log.debug("worker joined", extra=kv(worker=link.name, model=link.model, pid=link.pid))
