@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from litserve_shapes import read_until, shape_response, summarize_embeddings
+from litserve_shapes import openai_call, read_until, shape_response, summarize_embeddings
 from ports import free_port
 from processes import group_members
 
@@ -357,37 +357,7 @@ def do_http(port: int, req: dict[str, Any], timeout: float = 30.0) -> dict[str, 
 
 
 def do_openai(port: int, call: dict[str, Any]) -> dict[str, Any]:
-    import openai
-
-    client = openai.OpenAI(
-        base_url=f"http://127.0.0.1:{port}/v1", api_key="lit", max_retries=0, timeout=30
-    )
-    out: dict[str, Any] = {}
-    kwargs = call["kwargs"]
-    try:
-        if call["call"] == "chat":
-            result = client.chat.completions.create(**kwargs)
-            if kwargs.get("stream"):
-                out["stream"] = [c.model_dump(mode="json", exclude_unset=True) for c in result]
-            else:
-                out["type"] = type(result).__name__
-                out["result"] = result.model_dump(mode="json", exclude_unset=True)
-        else:
-            result = client.embeddings.create(**kwargs)
-            out["type"] = type(result).__name__
-            out["result"] = result.model_dump(mode="json", exclude_unset=True)
-    except openai.APIStatusError as e:
-        out["raised"] = {
-            "exception": type(e).__name__,
-            "status_code": e.status_code,
-            "body": e.body,
-            "message": str(e),
-        }
-    except openai.APIError as e:
-        out["raised"] = {"exception": type(e).__name__, "body": e.body, "message": str(e)}
-    except Exception as e:
-        out["raised"] = {"exception": type(e).__name__, "message": str(e)}
-    return out
+    return openai_call(port, call["call"], call["kwargs"])
 
 
 def _port_free(text: Any, port: int) -> Any:

@@ -139,3 +139,41 @@ def summarize_embeddings(obj: Any) -> Any:
     if isinstance(obj, list):
         return [summarize_embeddings(v) for v in obj]
     return obj
+
+
+def openai_call(port: int, call: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """What the official openai client returns or raises for `chat` or `embeddings` with these
+    arguments, as data: the result (a stream's chunks, as far as they came), or the exception."""
+    import openai
+
+    client = openai.OpenAI(
+        base_url=f"http://127.0.0.1:{port}/v1", api_key="lit", max_retries=0, timeout=30
+    )
+    out: dict[str, Any] = {}
+    try:
+        if call == "chat":
+            result = client.chat.completions.create(**kwargs)
+            if kwargs.get("stream"):
+                chunks: list[Any] = []
+                out["stream"] = chunks
+                for chunk in result:
+                    chunks.append(chunk.model_dump(mode="json", exclude_unset=True))
+            else:
+                out["type"] = type(result).__name__
+                out["result"] = result.model_dump(mode="json", exclude_unset=True)
+        else:
+            result = client.embeddings.create(**kwargs)
+            out["type"] = type(result).__name__
+            out["result"] = result.model_dump(mode="json", exclude_unset=True)
+    except openai.APIStatusError as e:
+        out["raised"] = {
+            "exception": type(e).__name__,
+            "status_code": e.status_code,
+            "body": e.body,
+            "message": str(e),
+        }
+    except openai.APIError as e:
+        out["raised"] = {"exception": type(e).__name__, "body": e.body, "message": str(e)}
+    except Exception as e:
+        out["raised"] = {"exception": type(e).__name__, "message": str(e)}
+    return out

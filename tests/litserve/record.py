@@ -43,7 +43,12 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 # Answers are shaped by the module the replay (tests/litserve_harness.py) uses too.
 sys.path.insert(0, str(HERE.parent))
-from litserve_shapes import read_until, shape_response, summarize_embeddings  # noqa: E402
+from litserve_shapes import (  # noqa: E402
+    openai_call,
+    read_until,
+    shape_response,
+    summarize_embeddings,
+)
 from processes import group_members  # noqa: E402
 
 APPS = HERE / "apps"
@@ -299,38 +304,8 @@ def do_http(port: int, req: Http) -> dict[str, Any]:
 
 
 def do_openai(port: int, step: OpenAICall) -> dict[str, Any]:
-    import openai
-
-    client = openai.OpenAI(
-        base_url=f"http://127.0.0.1:{port}/v1", api_key="lit", max_retries=0, timeout=30
-    )
     out: dict[str, Any] = {"openai": {"call": step.call, "kwargs": step.kwargs}}
-    try:
-        if step.call == "chat":
-            result = client.chat.completions.create(**step.kwargs)
-            if step.kwargs.get("stream"):
-                chunks = []
-                out["stream"] = chunks
-                for chunk in result:
-                    chunks.append(chunk.model_dump(mode="json", exclude_unset=True))
-            else:
-                out["type"] = type(result).__name__
-                out["result"] = result.model_dump(mode="json", exclude_unset=True)
-        else:
-            result = client.embeddings.create(**step.kwargs)
-            out["type"] = type(result).__name__
-            out["result"] = result.model_dump(mode="json", exclude_unset=True)
-    except openai.APIStatusError as e:
-        out["raised"] = {
-            "exception": type(e).__name__,
-            "status_code": e.status_code,
-            "body": e.body,
-            "message": str(e),
-        }
-    except openai.APIError as e:
-        out["raised"] = {"exception": type(e).__name__, "body": e.body, "message": str(e)}
-    except Exception as e:
-        out["raised"] = {"exception": type(e).__name__, "message": str(e)}
+    out.update(openai_call(port, step.call, step.kwargs))
     return out
 
 
