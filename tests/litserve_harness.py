@@ -36,7 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from litserve_shapes import openai_call, read_until, shape_response, summarize_embeddings
+from litserve_shapes import (
+    multipart_body,
+    openai_call,
+    read_until,
+    shape_response,
+    summarize_embeddings,
+)
 from ports import free_port
 from processes import group_members
 
@@ -44,7 +50,6 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 LITSERVE = HERE / "litserve"
 EXPECTED = LITSERVE / "expected.json"
-MULTIPART_BOUNDARY = "ferrymanfixtureboundary"
 
 
 def load_cases() -> dict[str, dict[str, Any]]:
@@ -318,20 +323,7 @@ def _wire(req: dict[str, Any]) -> tuple[bytes | None, dict[str, str]]:
     elif "form" in req:
         body = urllib.parse.urlencode(req["form"]).encode()
     elif "files" in req:
-        parts = []
-        for name, spec in req["files"].items():
-            content = spec["text"].encode() if "text" in spec else b"a" * spec["size"]
-            parts.append(
-                (
-                    f"--{MULTIPART_BOUNDARY}\r\n"
-                    f'Content-Disposition: form-data; name="{name}"; '
-                    f'filename="{spec["filename"]}"\r\n'
-                    f"Content-Type: {spec['content_type']}\r\n\r\n"
-                ).encode()
-                + content
-                + b"\r\n"
-            )
-        body = b"".join(parts) + f"--{MULTIPART_BOUNDARY}--\r\n".encode()
+        body = multipart_body(req["files"])
     elif isinstance(req.get("body"), dict):
         body = req["body"]["repeat"].encode() * req["body"]["size"]
     elif "body" in req:

@@ -14,6 +14,8 @@ import struct
 import time
 from typing import Any
 
+MULTIPART_BOUNDARY = "ferrymanfixtureboundary"
+
 
 def parse_json(text: str) -> Any:
     try:
@@ -177,3 +179,21 @@ def openai_call(port: int, call: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     except Exception as e:
         out["raised"] = {"exception": type(e).__name__, "message": str(e)}
     return out
+
+
+def multipart_body(files: dict[str, dict[str, Any]]) -> bytes:
+    """A multipart/form-data body of the recorded files (`text`, or `size` bytes of "a")."""
+    parts = []
+    for name, spec in files.items():
+        content = spec["text"].encode() if "text" in spec else b"a" * spec["size"]
+        parts.append(
+            (
+                f"--{MULTIPART_BOUNDARY}\r\n"
+                f'Content-Disposition: form-data; name="{name}"; '
+                f'filename="{spec["filename"]}"\r\n'
+                f"Content-Type: {spec['content_type']}\r\n\r\n"
+            ).encode()
+            + content
+            + b"\r\n"
+        )
+    return b"".join(parts) + f"--{MULTIPART_BOUNDARY}--\r\n".encode()

@@ -23,6 +23,7 @@ from typing import Any
 
 from ferryman.logs import kv
 from ferryman.workers.codecs import Failure, RequestError, describe_http
+from ferryman.workers.forms import starlette_request
 
 log = logging.getLogger("ferryman.worker")
 
@@ -62,17 +63,6 @@ class Authorizer:
         body: bytes,
         request_id: str,
     ) -> Failure | None:
-        from starlette.requests import Request
-
-        sent = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent
-            if sent:
-                return {"type": "http.disconnect"}
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
         scope: dict[str, Any] = {
             "type": "http",
             "asgi": {"version": "3.0"},
@@ -92,7 +82,7 @@ class Authorizer:
                 scope["fastapi_inner_astack"] = inner
                 scope["fastapi_function_astack"] = function
                 solved = await self.solve(
-                    request=Request(scope, receive),
+                    request=starlette_request(scope, body),
                     dependant=self.dependant,
                     async_exit_stack=inner,
                     **self.extra,

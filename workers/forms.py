@@ -88,6 +88,22 @@ def form(body: bytes, content_type: bytes) -> Any:
             )
         pairs: list[tuple[str, Any]] = parse_qsl(body.decode("latin-1"), keep_blank_values=True)
         return FormData(pairs)
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/",
+        "headers": [(b"content-type", content_type), (b"content-length", b"%d" % len(body))],
+        "query_string": b"",
+    }
+    request = starlette_request(scope, body)
+    try:
+        return _run(request.form())
+    except Exception as e:  # starlette's MultiPartException, python-multipart's errors
+        raise unreadable(f"the request body is not a valid form: {e}") from None
+
+
+def starlette_request(scope: dict[str, Any], body: bytes) -> Any:
+    """A starlette Request over a body the worker already holds whole."""
     from starlette.requests import Request
 
     sent = False
@@ -99,18 +115,7 @@ def form(body: bytes, content_type: bytes) -> Any:
         sent = True
         return {"type": "http.request", "body": body, "more_body": False}
 
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/",
-        "headers": [(b"content-type", content_type), (b"content-length", b"%d" % len(body))],
-        "query_string": b"",
-    }
-    request = Request(scope, receive)
-    try:
-        return _run(request.form())
-    except Exception as e:  # starlette's MultiPartException, python-multipart's errors
-        raise unreadable(f"the request body is not a valid form: {e}") from None
+    return Request(scope, receive)
 
 
 def _run(awaitable: Any) -> Any:

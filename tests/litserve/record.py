@@ -44,6 +44,8 @@ HERE = Path(__file__).resolve().parent
 # Answers are shaped by the module the replay (tests/litserve_harness.py) uses too.
 sys.path.insert(0, str(HERE.parent))
 from litserve_shapes import (  # noqa: E402
+    MULTIPART_BOUNDARY,
+    multipart_body,
     openai_call,
     read_until,
     shape_response,
@@ -55,7 +57,6 @@ APPS = HERE / "apps"
 EXPECTED = HERE / "expected.json"
 LITSERVE_REPO_COMMIT = "1311d5b4aeaff2943f38a22cfb911c8bae2590bc"
 
-MULTIPART_BOUNDARY = "ferrymanfixtureboundary"
 OPENAI_VOLATILE = ["id", "created"]
 RUN_PORT = re.compile(r"\.run\((?P<args>[^)]*)\)")
 
@@ -251,20 +252,7 @@ def _wire(req: Http) -> tuple[bytes | None, dict[str, str], dict[str, Any]]:
         headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
         record["form"] = req.form
     elif req.files is not None:
-        parts = []
-        for name, spec in req.files.items():
-            content = spec["text"].encode() if "text" in spec else b"a" * spec["size"]
-            parts.append(
-                (
-                    f"--{MULTIPART_BOUNDARY}\r\n"
-                    f'Content-Disposition: form-data; name="{name}"; '
-                    f'filename="{spec["filename"]}"\r\n'
-                    f"Content-Type: {spec['content_type']}\r\n\r\n"
-                ).encode()
-                + content
-                + b"\r\n"
-            )
-        body = b"".join(parts) + f"--{MULTIPART_BOUNDARY}--\r\n".encode()
+        body = multipart_body(req.files)
         headers.setdefault("Content-Type", f"multipart/form-data; boundary={MULTIPART_BOUNDARY}")
         record["files"] = req.files
     elif req.body_size is not None:
